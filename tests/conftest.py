@@ -1,0 +1,81 @@
+"""Shared fixtures: real MNIST digits when present, a small model trained on them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from robustjax import data, models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_10K = pathlib.Path(os.environ.get("ROBUSTJAX_MNIST_DIR",
+                                        REPO.parent / "shared" / "data" / "mnist-10k"))
+
+
+def mnist_available() -> bool:
+    return (MNIST_10K / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def _separable_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated stand-in for digits: 10 fixed random 28x28 prototypes plus noise."""
+    rng = np.random.default_rng(1234)
+    protos = (rng.random((10, 28, 28, 1)) > 0.7).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = np.clip(protos[y] * 0.8 + rng.random((n, 28, 28, 1)) * 0.3, 0, 1)
+    return (x * 255).astype(np.uint8), y
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(x_train, y_train, x_test, y_test) as float32 in [0, 1] and int32 labels."""
+    if mnist_available():
+        xtr, ytr = data.load("mnist", "train", MNIST_10K)
+        xte, yte = data.load("mnist", "test", MNIST_10K)
+    else:
+        xtr, ytr = _separable_digits(4000, seed=0)
+        xte, yte = _separable_digits(1000, seed=1)
+    return (xtr.astype(np.float32) / 255, ytr, xte.astype(np.float32) / 255, yte)
+
+
+class Trained(NamedTuple):
+    model: models.MnistCNN
+    params: dict
+    logits_fn: Callable
+    x: np.ndarray  # held-out test images
+    y: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def natural_model(digits) -> Trained:
+    """MnistCNN(width=2) trained naturally for two epochs (about 10 s on 2 cores)."""
+    xtr, ytr, xte, yte = digits
+    model = models.MnistCNN(width=2)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    tx = optax.adam(1e-3)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, xb, yb):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
+        g = jax.grad(loss)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt
+
+    rng = np.random.default_rng(0)
+    bs = 100
+    for _ in range(2):
+        perm = rng.permutation(len(xtr))
+        for i in range(0, len(xtr) - bs + 1, bs):
+            idx = perm[i:i + bs]
+            params, opt = step(params, opt, xtr[idx], ytr[idx])
+    apply = jax.jit(model.apply)
+    return Trained(model, params, lambda x: apply(params, x), xte[:500], yte[:500])
