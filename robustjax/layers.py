@@ -1,4 +1,4 @@
-"""A convolution whose input gradient stays fast inside ``lax.fori_loop``.
+"""Convolution and max-pooling whose input gradients stay fast inside ``lax.fori_loop``.
 
 PGD (Madry et al., Section 2.1) differentiates the model with respect to its
 *input* once per step, inside a ``fori_loop``. Under XLA's CPU backend the
@@ -23,9 +23,17 @@ same function and the same gradients:
   library (about 13 GFLOP/s here); as a matmul plus a sum of shifted slices
   it is about five times faster. This path keeps forward-mode autodiff.
 
-Limitation: the custom-VJP path does not support forward-mode autodiff
-(``jax.jvp`` / ``jax.jacfwd`` directly through the model). Build models with
-``loop_friendly_conv=False`` to get the stock convolution for that.
+:func:`max_pool_2x2` is 2x2/stride-2 max-pooling written as reshape + max
+(no ``reduce_window``, whose gradient is a slow select-and-scatter on CPU),
+with a VJP that routes each window's gradient to its first maximum, as
+TensorFlow's ``MaxPoolGrad`` in Madry's original code does. Both that and
+JAX's default (splitting the gradient between tied maxima) are valid
+subgradients; they differ only at exact ties. The custom VJP saves the tie
+counting and is about 5% of a PGD step on CPU.
+
+Limitation: the custom VJPs do not support forward-mode autodiff (``jax.jvp``
+/ ``jax.jacfwd`` directly through the model). Build models with
+``loop_friendly=False`` to get the stock layers for that.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "IM2COL_MAX_IN_FEATURES"]
+__all__ = ["conv_general_dilated", "max_pool_2x2", "IM2COL_MAX_IN_FEATURES"]
 
 IM2COL_MAX_IN_FEATURES = 4
 """Convolutions with at most this many input channels use im2col + matmul."""
@@ -126,3 +134,44 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             and all(lo >= 0 and hi >= 0 for lo, hi in padding)):
         return _conv_im2col(lhs, rhs, padding, precision)
     return _conv_loop_friendly(lhs, rhs, (strides, padding, lhs_dil, rhs_dil, dn, precision))
+
+
+def _pool_view(x):
+    b, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    return x[:, : 2 * h2, : 2 * w2, :].reshape(b, h2, 2, w2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling, stride 2, VALID (the paper's MNIST pooling), on NHWC inputs.
+
+    Odd trailing rows/columns are dropped, as VALID pooling does. The gradient
+    goes to the first maximum of each window (row-major), like TF's MaxPoolGrad.
+    """
+    return jnp.max(_pool_view(x), axis=(2, 4))
+
+
+def _pool_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _pool_bwd(residuals, g):
+    x, y = residuals
+    is_max = _pool_view(x) == y[:, :, None, :, None, :]
+    e00, e01 = is_max[:, :, 0:1, :, 0:1], is_max[:, :, 0:1, :, 1:2]
+    e10, e11 = is_max[:, :, 1:2, :, 0:1], is_max[:, :, 1:2, :, 1:2]
+    first = jnp.concatenate([
+        jnp.concatenate([e00, e01 & ~e00], axis=4),
+        jnp.concatenate([e10 & ~(e00 | e01), e11 & ~(e00 | e01 | e10)], axis=4)], axis=2)
+    dx = jnp.where(first, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+    b, h2, _, w2, _, c = dx.shape
+    dx = dx.reshape(b, 2 * h2, 2 * w2, c)
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) != (2 * h2, 2 * w2):
+        dx = jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
+    return (dx,)
+
+
+max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)

@@ -38,7 +38,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     Written as reshape + max instead of ``reduce_window``: the forward result is
     identical, and its gradient is an elementwise mask that XLA fuses, whereas
     the gradient of ``reduce_window`` is a slow select-and-scatter on CPU.
-    Odd trailing rows/columns are dropped, as VALID pooling does.
+    Odd trailing rows/columns are dropped, as VALID pooling does. See
+    :func:`robustjax.layers.max_pool_2x2` for the loop-friendly variant.
     """
     b, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
@@ -64,6 +65,10 @@ def _conv_impl(loop_friendly: bool):
     return layers.conv_general_dilated if loop_friendly else lax.conv_general_dilated
 
 
+def _pool_impl(loop_friendly: bool):
+    return layers.max_pool_2x2 if loop_friendly else max_pool_2x2
+
+
 def param_count(params) -> int:
     """Number of trainable scalars in a parameter pytree."""
     return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
@@ -82,15 +87,16 @@ class MnistCNN(nn.Module):
     has no batch norm; ``train`` is accepted so that both architectures share
     one calling convention.
 
-    ``loop_friendly_conv`` (default True) computes convolutions with
-    :func:`robustjax.layers.conv_general_dilated`: same function and
-    gradients, but a PGD loop over it runs 2-3x faster on CPU. Set it to False
-    for forward-mode autodiff through the model.
+    ``loop_friendly`` (default True) uses :mod:`robustjax.layers` for the
+    convolutions and pooling: the same function and gradients (up to the
+    choice of subgradient at exactly tied maxima), but a PGD loop over the
+    model runs about 3x faster on CPU. Set it to False for forward-mode
+    autodiff through the model.
     """
 
     width: int = 16
     num_classes: int = 10
-    loop_friendly_conv: bool = True
+    loop_friendly: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -101,13 +107,13 @@ class MnistCNN(nn.Module):
         w = self.width
         kinit = nn.initializers.truncated_normal(stddev=0.1)
         binit = nn.initializers.constant(0.1)
-        conv = _conv_impl(self.loop_friendly_conv)
+        conv, pool = _conv_impl(self.loop_friendly), _pool_impl(self.loop_friendly)
         x = nn.Conv(2 * w, (5, 5), padding="SAME", kernel_init=kinit, bias_init=binit,
                     conv_general_dilated=conv, name="conv1")(x)
-        x = max_pool_2x2(nn.relu(x))
+        x = pool(nn.relu(x))
         x = nn.Conv(4 * w, (5, 5), padding="SAME", kernel_init=kinit, bias_init=binit,
                     conv_general_dilated=conv, name="conv2")(x)
-        x = max_pool_2x2(nn.relu(x))
+        x = pool(nn.relu(x))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(64 * w, kernel_init=kinit, bias_init=binit, name="fc1")(x))
         return nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, name="fc2")(x)
@@ -132,12 +138,12 @@ class _PreActUnit(nn.Module):
     activate_before_residual: bool
     bn_momentum: float
     bn_epsilon: float
-    loop_friendly_conv: bool
+    loop_friendly: bool
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         in_filters = x.shape[-1]
-        conv = _conv_impl(self.loop_friendly_conv)
+        conv = _conv_impl(self.loop_friendly)
         conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         bn = lambda name: nn.BatchNorm(use_running_average=not train,  # noqa: E731
                                        momentum=self.bn_momentum,
@@ -175,7 +181,7 @@ class CifarResNet(nn.Module):
     "simple" model. ``train`` is required: with ``train=True`` batch norm uses
     batch statistics and the caller must pass ``mutable=["batch_stats"]`` to
     ``apply``; with ``train=False`` it uses the running averages.
-    ``loop_friendly_conv`` is as in :class:`MnistCNN`.
+    ``loop_friendly`` is as in :class:`MnistCNN`.
     """
 
     width: int = 10
@@ -183,7 +189,7 @@ class CifarResNet(nn.Module):
     units_per_stage: int = 5
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-3
-    loop_friendly_conv: bool = True
+    loop_friendly: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -193,7 +199,7 @@ class CifarResNet(nn.Module):
         conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         x = per_image_standardization(x)
         x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init,
-                    conv_general_dilated=_conv_impl(self.loop_friendly_conv),
+                    conv_general_dilated=_conv_impl(self.loop_friendly),
                     name="init_conv")(x)
         filters = [16 * self.width, 32 * self.width, 64 * self.width]
         strides = [1, 2, 2]
@@ -202,7 +208,7 @@ class CifarResNet(nn.Module):
                 x = _PreActUnit(out_filters=f, stride=s if unit == 0 else 1,
                                 activate_before_residual=(stage == 1 and unit == 0),
                                 bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                                loop_friendly_conv=self.loop_friendly_conv,
+                                loop_friendly=self.loop_friendly,
                                 name=f"unit_{stage}_{unit}")(x, train)
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, name="final_bn")(x)

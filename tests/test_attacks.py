@@ -227,8 +227,8 @@ def test_select_best_restart_matches_numpy(targeted):
 def test_restarts_equal_best_of_individual_runs(natural_model):
     f = natural_model.logits_fn
     x, y = jnp.asarray(natural_model.x[:200]), jnp.asarray(natural_model.y[:200])
-    key, k = jax.random.PRNGKey(11), 4
-    kw = dict(eps=0.05, step_size=0.01, num_steps=8)  # weak: restarts matter
+    key, k = jax.random.PRNGKey(11), 6
+    kw = dict(eps=0.08, step_size=0.04, num_steps=2)  # weak: restarts matter
     multi = attacks.pgd(f, x, y, key, restarts=k, **kw)
     singles = [attacks.pgd(f, x, y, kk, **kw) for kk in jax.random.split(key, k)]
     logits = np.stack([np.asarray(f(s)) for s in singles])

@@ -66,3 +66,33 @@ def test_input_gradient_inside_fori_loop_and_second_order():
 
     np.testing.assert_allclose(hvp(layers.conv_general_dilated),
                                hvp(lax.conv_general_dilated), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_forward_and_first_argmax_gradient(shape):
+    import flax.linen as nn
+
+    rng = np.random.default_rng(0)
+    # Values from a small set: many exact ties inside windows.
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    np.testing.assert_array_equal(layers.max_pool_2x2(jnp.asarray(x)),
+                                  nn.max_pool(jnp.asarray(x), (2, 2), (2, 2), "VALID"))
+    g = rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
+    _, vjp = jax.vjp(layers.max_pool_2x2, jnp.asarray(x))
+    (dx,) = vjp(jnp.asarray(g))
+    ref = np.zeros_like(x)  # NumPy: each window's gradient to its first (row-major) max
+    for b in range(shape[0]):
+        for i in range(shape[1] // 2):
+            for j in range(shape[2] // 2):
+                for c in range(shape[3]):
+                    win = x[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c].ravel()
+                    k = int(np.argmax(win))
+                    ref[b, 2 * i + k // 2, 2 * j + k % 2, c] = g[b, i, j, c]
+    np.testing.assert_array_equal(dx, ref)
+
+
+def test_max_pool_gradient_equals_jax_without_ties():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 4))
+    ref = jax.vjp(lambda z: jnp.max(z.reshape(2, 4, 2, 4, 2, 4), axis=(2, 4)), x)[1](g)[0]
+    np.testing.assert_array_equal(jax.vjp(layers.max_pool_2x2, x)[1](g)[0], ref)

@@ -102,9 +102,9 @@ def test_cifar_batch_norm_modes(small_resnet):
                                0.1 * feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda f: models.MnistCNN(2, loop_friendly_conv=f),
-                                  lambda f: models.CifarResNet(1, loop_friendly_conv=f)])
-def test_loop_friendly_conv_same_function_and_gradients(make):
+@pytest.mark.parametrize("make", [lambda f: models.MnistCNN(2, loop_friendly=f),
+                                  lambda f: models.CifarResNet(1, loop_friendly=f)])
+def test_loop_friendly_same_function_and_gradients(make):
     fast, stock = make(True), make(False)
     is_cifar = isinstance(fast, models.CifarResNet)
     shape = (3, 32, 32, 3) if is_cifar else (3, 28, 28, 1)
