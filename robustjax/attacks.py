@@ -345,7 +345,8 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps, step_size: 
       logits_fn: ``x -> logits [B, K]``, a closure over the model's parameters.
       x: clean inputs ``[B, ...]`` inside ``bounds``.
       y: int labels ``[B]``: true classes, or target classes if ``targeted``.
-      key: PRNG key for the random start. With ``restarts=R > 1``, restart
+      key: PRNG key for the random start (may be None without random start and
+        restarts). With ``restarts=R > 1``, restart
         ``i`` uses ``jax.random.split(key, R)[i]``, exactly as if
         ``pgd(..., key=that_key, restarts=1)`` had been called.
       eps: radius of the ball (>= 0), in the units of ``x``.
@@ -375,6 +376,9 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps, step_size: 
     _check_int("unroll", unroll, 1)
     _check_choice("norm", norm, tuple(NORMS))
     lo, hi = _check_bounds(bounds)
+    if key is None and (random_start or restarts > 1):
+        raise ValueError("key must be a jax.random key when random_start=True or "
+                         "restarts > 1, got None")
     objective = attack_objective(loss, targeted=targeted, cw_kappa=cw_kappa)
 
     def run(k):

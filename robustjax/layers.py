@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "max_pool_2x2", "IM2COL_MAX_IN_FEATURES"]
+__all__ = ["conv_general_dilated", "max_pool_2x2", "max_pool_2x2_autodiff",
+           "IM2COL_MAX_IN_FEATURES"]
 
 IM2COL_MAX_IN_FEATURES = 4
 """Convolutions with at most this many input channels use im2col + matmul."""
@@ -140,6 +141,15 @@ def _pool_view(x):
     b, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
     return x[:, : 2 * h2, : 2 * w2, :].reshape(b, h2, 2, w2, 2, c)
+
+
+def max_pool_2x2_autodiff(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling, stride 2, VALID, as reshape + max with JAX's own gradient.
+
+    Same forward as :func:`max_pool_2x2`; tied maxima share the gradient. No
+    ``reduce_window``, whose gradient is a slow select-and-scatter on CPU.
+    """
+    return jnp.max(_pool_view(x), axis=(2, 4))
 
 
 @jax.custom_vjp

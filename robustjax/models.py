@@ -32,19 +32,8 @@ def _check_width(width) -> None:
         raise ValueError(f"width must be a positive integer, got {width!r}")
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 and VALID padding (the paper's MNIST pooling).
-
-    Written as reshape + max instead of ``reduce_window``: the forward result is
-    identical, and its gradient is an elementwise mask that XLA fuses, whereas
-    the gradient of ``reduce_window`` is a slow select-and-scatter on CPU.
-    Odd trailing rows/columns are dropped, as VALID pooling does. See
-    :func:`robustjax.layers.max_pool_2x2` for the loop-friendly variant.
-    """
-    b, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, : 2 * h2, : 2 * w2, :]
-    return jnp.max(x.reshape(b, h2, 2, w2, 2, c), axis=(2, 4))
+max_pool_2x2 = layers.max_pool_2x2_autodiff
+"""2x2 max-pooling (the paper's MNIST pooling) with JAX's own gradient."""
 
 
 def per_image_standardization(x: jax.Array) -> jax.Array:
@@ -66,7 +55,7 @@ def _conv_impl(loop_friendly: bool):
 
 
 def _pool_impl(loop_friendly: bool):
-    return layers.max_pool_2x2 if loop_friendly else max_pool_2x2
+    return layers.max_pool_2x2 if loop_friendly else layers.max_pool_2x2_autodiff
 
 
 def param_count(params) -> int:

@@ -367,6 +367,8 @@ def test_bad_shapes_raise(random_batch):
         attacks.pgd(f, (x * 255).astype(jnp.uint8), y, key, **kw)
     with pytest.raises(ValueError, match="logits_fn"):
         attacks.pgd(lambda z: f(z)[0], x, y, key, **kw)
+    with pytest.raises(ValueError, match="key"):
+        attacks.pgd(f, x, y, None, **kw)
     with pytest.raises(ValueError, match="eps"):
         attacks.fgsm(f, x, y, eps=-1.0)
     with pytest.raises(ValueError, match="loss"):
