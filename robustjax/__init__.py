@@ -6,14 +6,18 @@ Modules:
               inner maximisation of the paper's saddle-point problem (Eq. 2.1).
   evaluate -- robust accuracy over a dataset with validated adversarial examples.
   models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet (Flax Linen).
-  layers   -- a convolution whose input gradient is fast inside lax.fori_loop.
+  layers   -- convolution and pooling whose input gradients are fast inside lax.fori_loop.
+  data     -- the official raw dataset files, read with NumPy.
+  train    -- adversarial training (Danskin step), checkpoints, resume, load_model.
 """
 
-from robustjax import attacks, evaluate, layers, models
+from robustjax import attacks, data, evaluate, layers, models, train
 from robustjax.attacks import fgsm, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
+from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
-__all__ = ["attacks", "evaluate", "layers", "models", "fgsm", "pgd", "robust_accuracy",
-           "RobustAccuracy", "MnistCNN", "CifarResNet"]
+__all__ = ["attacks", "data", "evaluate", "layers", "models", "train", "fgsm", "pgd",
+           "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
+           "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

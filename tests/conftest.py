@@ -79,3 +79,26 @@ def natural_model(digits) -> Trained:
             params, opt = step(params, opt, xtr[idx], ytr[idx])
     apply = jax.jit(model.apply)
     return Trained(model, params, lambda x: apply(params, x), xte[:500], yte[:500])
+
+
+def write_idx(path, arr):
+    """Writes ``arr`` (uint8) as a gzip IDX file, the official MNIST format."""
+    import gzip
+
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(n).to_bytes(4, "big")
+                                                     for n in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """A directory of official-format IDX files: the real digits, else generated ones."""
+    if mnist_available():
+        return str(MNIST_10K)
+    d = tmp_path_factory.mktemp("idx")
+    for split, n, seed in (("train", 2000, 0), ("t10k", 500, 1)):
+        x, y = _separable_digits(n, seed)
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", x[..., 0])
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", y)
+    return str(d)
