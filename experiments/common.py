@@ -28,6 +28,8 @@ flags.DEFINE_float("eval_attack_step_size", _D.eval_attack_step_size,
 flags.DEFINE_integer("eps_ramp_steps", _D.eps_ramp_steps,
                      "Ramp the training eps linearly from 0 over this many steps (0: off).")
 flags.DEFINE_float("lr", _D.lr, "Adam learning rate.")
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, ["constant", "cosine"],
+                  "Learning-rate schedule ('constant': the paper's).")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
 flags.DEFINE_integer("steps", _D.steps, "Training steps.")
 flags.DEFINE_integer("seed", _D.seed, "Seed (initialisation, data order, attack starts).")
@@ -44,7 +46,7 @@ def config_from_flags(**overrides) -> TrainConfig:
     kw = dict(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, width=FLAGS.width,
               train_attack=FLAGS.train_attack, eps=FLAGS.eps, attack_steps=FLAGS.attack_steps,
               attack_step_size=FLAGS.attack_step_size, eps_ramp_steps=FLAGS.eps_ramp_steps,
-              lr=FLAGS.lr, batch_size=FLAGS.batch_size, steps=FLAGS.steps, seed=FLAGS.seed,
+              lr=FLAGS.lr, lr_schedule=FLAGS.lr_schedule, batch_size=FLAGS.batch_size, steps=FLAGS.steps, seed=FLAGS.seed,
               log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
               eval_examples=FLAGS.eval_examples, eval_batch_size=FLAGS.eval_batch_size,
               eval_attack_steps=tuple(int(s) for s in FLAGS.eval_attack_steps),

@@ -1,17 +1,27 @@
-"""Datasets of the paper's experiments, read from the official raw files with NumPy.
+"""Datasets of the paper's experiments (Section 4: MNIST and CIFAR-10).
 
-Section 4 of Madry et al. trains on MNIST and CIFAR-10. This module reads the
-official MNIST-format IDX files (MNIST and Fashion-MNIST share the format and
-file names) without TensorFlow, so a machine without it (a GPU box, CI) can
-train and evaluate from files on disk. Images come back as uint8
-``[N, H, W, C]`` and labels as int32 ``[N]``; scale with ``images / 255``.
+With ``data_dir``, :func:`load` reads the official raw files with NumPy only,
+so a machine without TensorFlow (a GPU box, CI) can train from files on disk:
+
+* MNIST / Fashion-MNIST: the IDX files under their official names (``.gz`` or not);
+* CIFAR-10: ``cifar-10-python.tar.gz`` or ``cifar-10-binary.tar.gz``, or the
+  extracted ``cifar-10-batches-py`` / ``cifar-10-batches-bin`` folders.
+
+Without ``data_dir`` it uses TensorFlow Datasets (the ``tfds`` extra) and only
+reads what TFDS has already prepared: an offline download would retry for
+minutes, so a missing dataset fails at once and says which files to get.
+Images come back as uint8 ``[N, H, W, C]`` and labels as int32 ``[N]``; scale
+with ``images / 255``.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
-from typing import Union
+import pickle
+import tarfile
+from typing import Optional, Union
 
 import numpy as np
 
@@ -29,7 +39,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+IDX_DATASETS = ("mnist", "fashion_mnist")
 SPLITS = tuple(IDX_FILES)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                0x0E: ">f8"}
@@ -77,18 +88,7 @@ def _find(data_dir: str, stem: str) -> str:
                     f"official IDX files {sorted(sum(IDX_FILES.values(), ()))} in {data_dir}")
 
 
-def load(name: str, split: str, data_dir: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Loads ``name`` (``"mnist"`` or ``"fashion_mnist"``) ``split`` from IDX files in ``data_dir``.
-
-    Returns ``(images uint8 [N, 28, 28, 1], labels int32 [N])``.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise DataError(f"data_dir {data_dir!r} is not a directory")
+def _load_idx(name, split, data_dir):
     img_path, lbl_path = (_find(data_dir, s) for s in IDX_FILES[split])
     images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -97,7 +97,134 @@ def load(name: str, split: str, data_dir: PathLike) -> tuple[np.ndarray, np.ndar
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{lbl_path}: expected {images.shape[0]} labels (one per image in "
                         f"{img_path}), got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{lbl_path}: labels must be in [0, 9], got [{labels.min()}, "
-                        f"{labels.max()}]")
+    _check_labels(labels, lbl_path)
     return images[..., None], labels.astype(np.int32)
+
+
+def _check_labels(labels, where):
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{where}: labels must be in [0, 9], got [{labels.min()}, "
+                        f"{labels.max()}]")
+
+
+CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_ARCHIVES = ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz")
+
+
+def _cifar_python_batch(raw: bytes, where: str):
+    try:
+        d = pickle.load(io.BytesIO(raw), encoding="bytes")
+        x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+    except Exception as e:  # corrupt pickle or missing keys
+        raise DataError(f"{where}: not a CIFAR-10 python batch ({e})") from e
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (x.shape[0],):
+        raise DataError(f"{where}: expected uint8 data [N, 3072] and N labels, got "
+                        f"{x.dtype} {x.shape} and {y.shape}")
+    return x, y
+
+
+def _cifar_binary_batch(raw: bytes, where: str):
+    if len(raw) == 0 or len(raw) % 3073:
+        raise DataError(f"{where}: {len(raw)} bytes is not a whole number of 3073-byte "
+                        "records (1 label byte + 3072 pixels); truncated?")
+    rec = np.frombuffer(raw, np.uint8).reshape(-1, 3073)
+    return rec[:, 1:], rec[:, 0]
+
+
+def _load_cifar10(split, data_dir):
+    """CIFAR-10 from the official python/binary tarballs or their extracted folders."""
+    members = {}
+    for folder, kind, sfx in (("cifar-10-batches-py", "py", ""),
+                              ("cifar-10-batches-bin", "bin", ".bin")):
+        d = os.path.join(data_dir, folder)
+        if os.path.isdir(d):
+            for b in CIFAR_BATCHES[split]:
+                p = os.path.join(d, b + sfx)
+                if not os.path.isfile(p):
+                    raise DataError(f"{p}: file not found (CIFAR-10 {split} split)")
+                with open(p, "rb") as f:
+                    members[b] = (kind, f.read(), p)
+            break
+    else:
+        for archive, kind in zip(CIFAR_ARCHIVES, ("py", "bin")):
+            path = os.path.join(data_dir, archive)
+            if not os.path.isfile(path):
+                continue
+            folder = "cifar-10-batches-py" if kind == "py" else "cifar-10-batches-bin"
+            sfx = "" if kind == "py" else ".bin"
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    for b in CIFAR_BATCHES[split]:
+                        name = f"{folder}/{b}{sfx}"
+                        try:
+                            f = tar.extractfile(name)
+                        except KeyError:
+                            f = None
+                        if f is None:
+                            raise DataError(f"{path}: has no member {name}")
+                        members[b] = (kind, f.read(), f"{path}:{name}")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read ({e}); truncated download?") from e
+            break
+        else:
+            raise DataError(f"no CIFAR-10 files in {data_dir}: expected one of "
+                            f"{list(CIFAR_ARCHIVES)} or the extracted cifar-10-batches-py/ "
+                            "or cifar-10-batches-bin/ folder (from "
+                            "https://www.cs.toronto.edu/~kriz/cifar.html)")
+    xs, ys = [], []
+    for b in CIFAR_BATCHES[split]:
+        kind, raw, where = members[b]
+        x, y = (_cifar_python_batch if kind == "py" else _cifar_binary_batch)(raw, where)
+        _check_labels(y, where)
+        xs.append(x)
+        ys.append(y)
+    x = np.concatenate(xs).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), np.concatenate(ys).astype(np.int32)
+
+
+def _load_tfds(name, split, *, download):
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"loading {name!r} without data_dir needs TensorFlow Datasets "
+                        f"(pip install -e '.[tfds]'), or pass data_dir with the official "
+                        f"files ({e})") from e
+    tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators
+    try:
+        # Explicit batches, concatenated below (batch_size=-1 breaks under TFDS mock data).
+        ds = tfds.load(name, split=split, as_supervised=True, download=download,
+                       batch_size=10_000)
+    except Exception as e:
+        files = (sorted(sum(IDX_FILES.values(), ())) if name in IDX_DATASETS
+                 else list(CIFAR_ARCHIVES[:1]))
+        raise DataError(
+            f"TFDS has no prepared copy of {name!r} ({type(e).__name__}: {str(e)[:200]}). "
+            f"Offline, download the official files {files} on a machine with internet and "
+            f"pass their directory as data_dir (--data_dir)") from e
+    parts = list(tfds.as_numpy(ds))
+    images = np.concatenate([p[0] for p in parts]).astype(np.uint8)
+    labels = np.concatenate([p[1] for p in parts]).astype(np.int32)
+    return images, labels
+
+
+def load(name: str, split: str, data_dir: Optional[PathLike] = None, *,
+         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Loads ``name`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``) ``split`` (paper Section 4 data).
+
+    With ``data_dir``: the official raw files in it, read with NumPy. Without:
+    TensorFlow Datasets' prepared copy (``download=True`` lets TFDS fetch it,
+    which needs internet). Returns ``(images uint8 [N, H, W, C], labels int32 [N])``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data_dir is None:
+        return _load_tfds(name, split, download=download)
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data_dir {data_dir!r} is not a directory")
+    if name == "cifar10":
+        return _load_cifar10(split, data_dir)
+    return _load_idx(name, split, data_dir)

@@ -85,3 +85,105 @@ def test_unknown_names():
         data.load("imagenet", "train", ".")
     with pytest.raises(ValueError, match="split"):
         data.load("mnist", "validation", ".")
+
+
+def _cifar_arrays(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, n)
+
+
+def _write_cifar_python(folder, split_sizes):
+    import pickle
+
+    os.makedirs(folder, exist_ok=True)
+    ref = {}
+    for name, n in split_sizes.items():
+        x, y = _cifar_arrays(n, hash(name) % 1000)
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(n, -1),
+                         b"labels": [int(v) for v in y]}, f)
+        ref[name] = (x, y)
+    return ref
+
+
+SIZES = {**{f"data_batch_{i}": 3 for i in range(1, 6)}, "test_batch": 4}
+
+
+@pytest.mark.parametrize("layout", ["python_tar", "python_dir", "binary_tar"])
+def test_cifar10_readers(tmp_path, layout):
+    import tarfile
+
+    if layout.startswith("python"):
+        ref = _write_cifar_python(tmp_path / "cifar-10-batches-py", SIZES)
+        if layout == "python_tar":
+            with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+                tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+            import shutil
+
+            shutil.rmtree(tmp_path / "cifar-10-batches-py")
+    else:
+        folder = tmp_path / "cifar-10-batches-bin"
+        os.makedirs(folder)
+        ref = {}
+        for name, n in SIZES.items():
+            x, y = _cifar_arrays(n, hash(name) % 1000)
+            rec = np.concatenate([y[:, None].astype(np.uint8),
+                                  x.transpose(0, 3, 1, 2).reshape(n, -1)], axis=1)
+            (folder / f"{name}.bin").write_bytes(rec.tobytes())
+            ref[name] = (x, y)
+        with tarfile.open(tmp_path / "cifar-10-binary.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-bin")
+        import shutil
+
+        shutil.rmtree(folder)
+    x, y = data.load("cifar10", "train", tmp_path)
+    assert x.shape == (15, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
+    np.testing.assert_array_equal(x[:3], ref["data_batch_1"][0])
+    np.testing.assert_array_equal(y[12:], ref["data_batch_5"][1])
+    xt, yt = data.load("cifar10", "test", tmp_path)
+    np.testing.assert_array_equal(xt, ref["test_batch"][0])
+
+
+def test_cifar10_corrupt_and_missing(tmp_path):
+    with pytest.raises(data.DataError, match="no CIFAR-10 files"):
+        data.load("cifar10", "train", tmp_path)
+    folder = tmp_path / "cifar-10-batches-bin"
+    os.makedirs(folder)
+    for name in SIZES:
+        (folder / f"{name}.bin").write_bytes(b"\x01" * 3073 * 2)
+    (folder / "data_batch_3.bin").write_bytes(b"\x01" * 3000)
+    with pytest.raises(data.DataError, match="data_batch_3.bin.*truncated"):
+        data.load("cifar10", "train", tmp_path)
+    (folder / "data_batch_3.bin").write_bytes(b"\x0b" + b"\x01" * 3072)  # label 11
+    with pytest.raises(data.DataError, match=r"labels must be in \[0, 9\]"):
+        data.load("cifar10", "train", tmp_path)
+    os.remove(folder / "test_batch.bin")
+    with pytest.raises(data.DataError, match="test_batch.bin: file not found"):
+        data.load("cifar10", "test", tmp_path)
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin").unlink()
+    import shutil
+
+    shutil.rmtree(folder)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + b"\x00" * 50)
+    with pytest.raises(data.DataError, match="cannot read"):
+        data.load("cifar10", "train", tmp_path)
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_path_with_mock_data(name, shape):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        x, y = data.load(name, "train")  # no data_dir: the TFDS path
+    assert x.shape == (12,) + shape and x.dtype == np.uint8
+    assert y.shape == (12,) and y.dtype == np.int32
+
+
+def test_tfds_fails_fast_offline(monkeypatch, tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    import time
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    t0 = time.time()
+    with pytest.raises(data.DataError, match="data_dir"):
+        data.load("mnist", "train")
+    assert time.time() - t0 < 60  # not the ~200 s of an offline download

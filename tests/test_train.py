@@ -26,11 +26,14 @@ def _probe():
     return jax.random.uniform(jax.random.PRNGKey(9), (4, 28, 28, 1))
 
 
-def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog):
-    cfg = _tiny(idx_dir)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog, schedule):
+    cfg = _tiny(idx_dir, lr_schedule=schedule)
+    # Interrupted at step 3 (not a checkpoint multiple: stop_after saves one),
+    # then the same call again.
+    cfg = dataclasses.replace(cfg, checkpoint_every=2)
     train.train_and_evaluate(cfg, str(tmp_path / "straight"))
-    # Interrupted after 3 steps (a checkpoint), then the same command with steps=6.
-    train.train_and_evaluate(dataclasses.replace(cfg, steps=3), str(tmp_path / "resumed"))
+    assert train.train_and_evaluate(cfg, str(tmp_path / "resumed"), stop_after=3) is None
     with caplog.at_level(logging.INFO, logger="robustjax"):
         train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
     assert "resumed from step 3" in caplog.text
@@ -118,6 +121,7 @@ def test_eps_ramp():
 
 
 @pytest.mark.parametrize("field,value", [("dataset", "cifar100"), ("train_attack", "cw"),
+                                         ("lr_schedule", "step"),
                                          ("width", 0), ("eps", -0.1), ("lr", 0.0),
                                          ("batch_size", 0), ("eval_examples", 0)])
 def test_bad_config(field, value):
