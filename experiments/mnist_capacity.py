@@ -89,6 +89,7 @@ def plot(rows: list[dict], path: str) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
         ax.set_xscale("log", base=2)
+        ax.set_xlim(0.8, 20)
         ax.set_xticks(list(WIDTHS), [str(w) for w in WIDTHS])
         ax.set_title(METHOD_TITLES[method])
         ax.set_xlabel("Capacity scale (width w)")
@@ -96,6 +97,9 @@ def plot(rows: list[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Test accuracy (%)")
     axes[0].legend(loc="lower right")
+    eps = max((r["eps"] for r in rows), default=0)
+    fig.suptitle(f"MNIST capacity (L-inf eps = {eps:g}): accuracy against natural, FGSM "
+                 "and PGD adversaries")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
