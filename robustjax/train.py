@@ -279,7 +279,7 @@ def evaluate_model(logits_fn, x, y, config: TrainConfig, key=None) -> list[dict]
     eps, ss = config.eps, config.eval_attack_step_size
     specs = [dict(attack="natural", steps=0, step_size=0.0, fn=None),
              dict(attack="fgsm", steps=1, step_size=eps,
-                  fn=functools.partial(lambda x, y, k: attacks.fgsm(logits_fn, x, y, eps=eps)))]
+                  fn=lambda x, y, k: attacks.fgsm(logits_fn, x, y, eps=eps))]
     for k in config.eval_attack_steps:
         specs.append(dict(attack="pgd", steps=int(k), step_size=ss,
                           fn=functools.partial(attacks.pgd, logits_fn, eps=eps, step_size=ss,
@@ -329,13 +329,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     tx = make_optimizer(config)
     state = create_state(config, model, tx, jnp.zeros((1,) + xtr.shape[1:], jnp.float32))
     manager = _checkpoint_manager(workdir)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     if manager.latest_step() is not None:
         state = _restore(manager, state)
         log.info("resumed from step %d", int(state.step))
+        _truncate_metrics(metrics_path, int(state.step))
     step_fn = jax.jit(make_train_step(config, model, tx), donate_argnums=0)
     images, labels = jax.device_put(xtr), jax.device_put(ytr)
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     start = int(state.step)
     pending, t_last, s_last = [], time.time(), start
     end = config.steps if stop_after is None else min(stop_after, config.steps)
@@ -405,6 +406,17 @@ def load_model(workdir: str):
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return jax.jit(lambda x: model.apply(variables, x, train=False))
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drops records logged after the checkpoint a run resumes from (they are redone)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
 
 
 def _fmt_time(seconds: float) -> str:

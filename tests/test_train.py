@@ -37,6 +37,9 @@ def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog, schedule):
     with caplog.at_level(logging.INFO, logger="robustjax"):
         train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
     assert "resumed from step 3" in caplog.text
+    # metrics.jsonl reads as if the run had never stopped (no repeated steps).
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert steps == [json.loads(l)["step"] for l in open(tmp_path / "straight" / "metrics.jsonl")]
     a = train.load_model(str(tmp_path / "straight"))(_probe())
     b = train.load_model(str(tmp_path / "resumed"))(_probe())
     np.testing.assert_array_equal(a, b)
@@ -138,3 +141,11 @@ def test_rerun_with_other_settings_is_refused(idx_dir, tmp_path):
     assert open(os.path.join(wd, "config.json")).read() == before  # nothing lost
     with pytest.raises(FileNotFoundError):
         train.load_model(str(tmp_path / "nothing"))
+
+
+def test_metrics_after_the_restored_checkpoint_are_dropped(tmp_path):
+    """After a hard kill, steps logged past the last checkpoint are redone on resume."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
+    train._truncate_metrics(str(path), 3)
+    assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 3]
