@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 
 from robustjax.train import TrainConfig
@@ -67,3 +67,13 @@ def setup_logging() -> None:
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(h)
     log.propagate = False
+
+
+def start(argv) -> str:
+    """Common start of an entry point: no stray arguments, logging, --workdir; returns it."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    return FLAGS.workdir

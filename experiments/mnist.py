@@ -18,21 +18,14 @@ CPU recipe on the 8k/2k subset: benchmarks/mnist10k_cpu.sh (its figures are in
 benchmarks/RESULTS.md).
 """
 
-from absl import app, flags
+from absl import app
 
 from experiments import common
 from robustjax.train import train_and_evaluate
 
-FLAGS = flags.FLAGS
-
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    common.setup_logging()
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    train_and_evaluate(common.config_from_flags(), FLAGS.workdir)
+    train_and_evaluate(common.config_from_flags(), common.start(argv))
 
 
 if __name__ == "__main__":

@@ -106,18 +106,14 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    common.setup_logging()
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
+    workdir = common.start(argv)
     widths = [int(w) for w in FLAGS.widths] if FLAGS.widths else [FLAGS.width]
     for w in widths:
-        run_width(w, FLAGS.workdir)
-    rows = collect(FLAGS.workdir)
+        run_width(w, workdir)
+    rows = collect(workdir)
     try:
-        plot(rows, os.path.join(FLAGS.workdir, "capacity.png"))
-        print(f"plot: {os.path.join(FLAGS.workdir, 'capacity.png')}")
+        plot(rows, os.path.join(workdir, "capacity.png"))
+        print(f"plot: {os.path.join(workdir, 'capacity.png')}")
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plots]'): no plot")
 
