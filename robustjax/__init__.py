@@ -5,19 +5,23 @@ Modules:
   attacks  -- FGSM, PGD (L-inf / L2, restarts, targeted, CW / CW+ losses): the
               inner maximisation of the paper's saddle-point problem (Eq. 2.1).
   evaluate -- robust accuracy over a dataset with validated adversarial examples.
+  suite    -- attack suites: the paper's Tables 1 and 2 as data, with the
+              per-example worst case over all rows (Section 5).
   models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet (Flax Linen).
   layers   -- convolution and pooling whose input gradients are fast inside lax.fori_loop.
   data     -- the official raw dataset files, read with NumPy.
-  train    -- adversarial training (Danskin step), checkpoints, resume, load_model.
+  augment  -- on-device pad-crop and flip augmentation (Section 4, CIFAR-10).
+  train    -- adversarial training (Danskin step), sharding, bf16, checkpoints,
+              resume, load_model.
 """
 
-from robustjax import attacks, data, evaluate, layers, models, train
+from robustjax import attacks, augment, data, evaluate, layers, models, suite, train
 from robustjax.attacks import fgsm, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
 from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
-__all__ = ["attacks", "data", "evaluate", "layers", "models", "train", "fgsm", "pgd",
-           "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
+__all__ = ["attacks", "augment", "data", "evaluate", "layers", "models", "suite", "train",
+           "fgsm", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
            "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

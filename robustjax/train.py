@@ -24,12 +24,11 @@ call. It writes ``config.json``, ``metrics.jsonl``, orbax checkpoints and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax
 import jax
@@ -37,14 +36,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import attacks, data, evaluate, models
+from robustjax import attacks, augment, data, models, suite
 
 __all__ = ["TrainConfig", "TrainState", "create_state", "make_train_step",
-           "train_and_evaluate", "load_model", "evaluate_model"]
+           "train_and_evaluate", "load_model", "load_run", "evaluate_model",
+           "evaluation_specs"]
 
 log = logging.getLogger("robustjax")
 
 TRAIN_ATTACKS = ("none", "fgsm", "pgd")
+OPTIMIZERS = ("adam", "momentum")
+LR_SCHEDULES = ("constant", "cosine", "piecewise")
+BN_ATTACK_MODES = ("eval", "train", "madry")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +69,30 @@ class TrainConfig:
     # Linear ramp of the training eps from 0 over this many steps (0: off, the
     # paper's recipe). Small models on little data can stall at chance without it.
     eps_ramp_steps: int = 0
+    # On-device augmentation (robustjax.augment): random crop after zero padding
+    # by this many pixels, and random horizontal flips. The paper's MNIST recipe
+    # uses none; its CIFAR-10 recipe uses pad 4 with flips.
+    augment_pad: int = 0
+    augment_flip: bool = False
+    # "adam" (the paper's MNIST optimizer) or "momentum" (SGD, its CIFAR-10 one).
+    optimizer: str = "adam"
+    momentum: float = 0.9
     lr: float = 1e-4
-    # "constant" (the paper's Adam) or "cosine" (decay to 0 over `steps`).
+    # "constant" (the paper's Adam), "cosine" (decay to 0 over `steps`) or
+    # "piecewise" (times 0.1 at each of `lr_boundaries`: CIFAR-10, 40k and 60k).
     lr_schedule: str = "constant"
+    lr_boundaries: tuple = ()
+    # L2 penalty coefficient on convolution and dense kernels only (not biases or
+    # batch norm), added to the gradient as Madry's cifar10_challenge does (2e-4).
+    weight_decay: float = 0.0
+    # Batch norm while the attack runs: "eval" (running averages; the default),
+    # "train" (the batch's own statistics, with no update of the running averages)
+    # or "madry" (train mode, and every attack forward pass also updates the running
+    # averages, as Madry's TF code does; PGD training only).
+    bn_attack_mode: str = "eval"
+    # "float32", or "bfloat16": forward and backward passes in bfloat16 with float32
+    # parameters, optimizer state, inputs and attack projection.
+    compute_dtype: str = "float32"
     batch_size: int = 50
     steps: int = 100_000
     seed: int = 0
@@ -80,9 +105,25 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
-        if self.dataset not in data.IDX_DATASETS:  # CIFAR-10 training: the CIFAR issue
-            raise ValueError(f"dataset must be one of {data.IDX_DATASETS}, "
-                             f"got {self.dataset!r}")
+        if self.dataset not in data.DATASETS:
+            raise ValueError(f"dataset must be one of {data.DATASETS}, got {self.dataset!r}")
+        for name, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),
+                              ("bn_attack_mode", BN_ATTACK_MODES),
+                              ("compute_dtype", COMPUTE_DTYPES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, "
+                                 f"got {getattr(self, name)!r}")
+        b = list(self.lr_boundaries)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b) or (
+                b != sorted(set(b))):
+            raise ValueError(f"lr_boundaries must be increasing positive step counts, "
+                             f"got {self.lr_boundaries!r}")
+        if self.lr_schedule == "piecewise" and not b:
+            raise ValueError("lr_schedule 'piecewise' needs lr_boundaries")
+        for name in ("weight_decay", "momentum"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.train_attack not in TRAIN_ATTACKS:
             raise ValueError(f"train_attack must be one of {TRAIN_ATTACKS}, "
                              f"got {self.train_attack!r}")
@@ -98,9 +139,13 @@ class TrainConfig:
                     name != "eps" and v == 0):
                 raise ValueError(f"{name} must be a finite number "
                                  f"{'>= 0' if name == 'eps' else '> 0'}, got {v!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', "
-                             f"got {self.lr_schedule!r}")
+        if isinstance(self.augment_pad, bool) or not isinstance(self.augment_pad, int) or (
+                self.augment_pad < 0):
+            raise ValueError(f"augment_pad must be an integer >= 0, got {self.augment_pad!r}")
+        if not isinstance(self.augment_flip, bool):
+            raise ValueError(f"augment_flip must be a bool, got {self.augment_flip!r}")
+        if self.bn_attack_mode == "madry" and self.train_attack != "pgd":
+            raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' only")
         if self.eps_ramp_steps < 0:
             raise ValueError(f"eps_ramp_steps must be >= 0, got {self.eps_ramp_steps}")
         if self.eval_examples == 0 or self.eval_examples < -1:
@@ -112,14 +157,19 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["eval_attack_steps"] = list(self.eval_attack_steps)
+        d["lr_boundaries"] = list(self.lr_boundaries)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["eval_attack_steps"] = tuple(d.get("eval_attack_steps", (40, 100)))
+        d["lr_boundaries"] = tuple(d.get("lr_boundaries", ()))
         return cls(**d)
 
+
+_SAMPLE_SHAPE = {"mnist": (1, 28, 28, 1), "fashion_mnist": (1, 28, 28, 1),
+                 "cifar10": (1, 32, 32, 3)}
 
 # Fields a rerun may change without starting a different experiment.
 _RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "eval_examples",
@@ -138,15 +188,42 @@ class TrainState:
     key: jax.Array
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam (the paper's MNIST optimizer) with a constant or cosine-decayed learning rate."""
+def kernel_mask(params):
+    """True for convolution and dense kernels: the weights that weight decay applies to."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def learning_rate(config: TrainConfig):
+    """The learning-rate schedule of ``config`` (an optax schedule or a float)."""
     if config.lr_schedule == "cosine":
-        return optax.adam(optax.cosine_decay_schedule(config.lr, config.steps))
-    return optax.adam(config.lr)
+        return optax.cosine_decay_schedule(config.lr, config.steps)
+    if config.lr_schedule == "piecewise":
+        return optax.piecewise_constant_schedule(
+            config.lr, {int(b): 0.1 for b in config.lr_boundaries})
+    return config.lr
 
 
-def build_model(config: TrainConfig) -> models.MnistCNN:
-    """The network for ``config`` (MNIST-family datasets: the paper's MNIST CNN)."""
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam (the paper's MNIST optimizer) or momentum SGD (its CIFAR-10 one, Section 4).
+
+    ``weight_decay`` adds ``weight_decay * w`` to the gradient of every kernel
+    (an L2 penalty ``weight_decay / 2 * ||w||^2`` in the loss, as in Madry's
+    cifar10_challenge), before the optimizer; biases and batch norm are exempt.
+    """
+    lr = learning_rate(config)
+    opt = (optax.adam(lr) if config.optimizer == "adam"
+           else optax.sgd(lr, momentum=config.momentum or None))
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernel_mask),
+                           opt)
+    return opt
+
+
+def build_model(config: TrainConfig):
+    """The network for ``config``: MnistCNN(width) for digits, CifarResNet(width) for CIFAR-10."""
+    if config.dataset == "cifar10":
+        return models.CifarResNet(width=config.width)
     return models.MnistCNN(width=config.width)
 
 
@@ -176,44 +253,142 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
     return jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
 
 
-def make_train_step(config: TrainConfig, model, tx):
+def _compute_params(config: TrainConfig, params):
+    """Parameters as used in the forward pass: float32, or cast to bfloat16."""
+    if config.compute_dtype == "float32":
+        return params
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.bfloat16) if a.dtype == jnp.float32 else a, params)
+
+
+def model_logits_fn(config: TrainConfig, model, params, batch_stats, *, train: bool = False):
+    """``x -> float32 logits`` in ``config.compute_dtype``; batch-norm statistics never updated.
+
+    ``train=True`` uses each batch's own statistics (``bn_attack_mode="train"``).
+    Inputs stay float32 at the boundary: in bfloat16 the gradient that reaches
+    ``x`` is float32, so an attack's projection and clipping stay exact.
+    """
+    variables = {"params": _compute_params(config, params)}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    dtype = jnp.dtype(config.compute_dtype)
+
+    def logits_fn(x):
+        z = x.astype(dtype)
+        if train and batch_stats:
+            out, _ = model.apply(variables, z, train=True, mutable=["batch_stats"])
+        else:
+            out = model.apply(variables, z, train=False)
+        return out.astype(jnp.float32)
+    return logits_fn
+
+
+def data_sharding(mesh: Optional[jax.sharding.Mesh]):
+    """Batch axis over the mesh's ``"data"`` axis (None without a mesh)."""
+    if mesh is None:
+        return None
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D data-parallel mesh over all devices (of all hosts): axis ``"data"``."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def adversarial_batch(config: TrainConfig, model, state: TrainState, images, labels,
+                      mesh=None):
+    """``(x, x_adv, y, eps, batch_stats)`` of step ``state.step``: batch, augmentation, attack.
+
+    ``images`` is the whole uint8 training set on the device. ``x_adv`` is
+    wrapped in ``stop_gradient`` (Danskin, Section 2.1). ``batch_stats`` are
+    the running averages after the attack: unchanged, except in
+    ``bn_attack_mode="madry"``. With a ``mesh``, the batch is sharded over it.
+    """
+    data_key, attack_key_root = jax.random.split(state.key)
+    idx = batch_indices(data_key, state.step, images.shape[0], config.batch_size)
+    x = images[idx].astype(jnp.float32) / 255.0
+    y = labels[idx]
+    if mesh is not None:
+        x = jax.lax.with_sharding_constraint(x, data_sharding(mesh))
+        y = jax.lax.with_sharding_constraint(y, data_sharding(mesh))
+    key = jax.random.fold_in(attack_key_root, state.step)
+    if config.augment_pad or config.augment_flip:
+        key, aug_key = jax.random.split(key)
+        x = augment.pad_crop_flip(aug_key, x, pad=config.augment_pad, flip=config.augment_flip)
+    eps = _eps_at(config, state.step)
+    logits_fn = model_logits_fn(config, model, state.params, state.batch_stats,
+                                train=config.bn_attack_mode == "train")
+    if config.bn_attack_mode == "madry" and state.batch_stats:
+        x_adv, stats = _pgd_updating_statistics(config, model, state, x, y, key, eps)
+        return x, jax.lax.stop_gradient(x_adv), y, eps, stats
+    if config.train_attack == "pgd":
+        x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=config.attack_step_size,
+                            num_steps=config.attack_steps)
+    elif config.train_attack == "fgsm":
+        x_adv = attacks.fgsm(logits_fn, x, y, eps=eps)
+    else:
+        x_adv = x
+    # Danskin: the gradient of the inner max is the loss gradient at the maximiser.
+    return x, jax.lax.stop_gradient(x_adv), y, eps, state.batch_stats
+
+
+def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y, key, eps):
+    """L-inf PGD whose every forward pass runs batch norm in train mode and updates
+    the running averages (``bn_attack_mode="madry"``: Madry's cifar10_challenge,
+    where the TF batch norm updates its averages on every training-mode run).
+
+    Built from the same parts as :func:`robustjax.attacks.pgd` (random start,
+    sign ascent, projection, clipping), with the statistics in the loop carry.
+    Returns ``(x_adv, batch_stats)``.
+    """
+    geometry = attacks.LINF
+    params = _compute_params(config, state.params)
+    dtype = jnp.dtype(config.compute_dtype)
+    x_adv = jnp.clip(x + geometry.random_init(key, x.shape, eps).astype(x.dtype), 0.0, 1.0)
+
+    def body(_, carry):
+        x_adv, stats = carry
+
+        def objective(z):
+            logits, upd = model.apply({"params": params, "batch_stats": stats},
+                                      z.astype(dtype), train=True, mutable=["batch_stats"])
+            return jnp.sum(attacks.xent_loss(logits.astype(jnp.float32), y)), upd["batch_stats"]
+
+        grad, new_stats = jax.grad(objective, has_aux=True)(x_adv)
+        x_new = x_adv + config.attack_step_size * geometry.ascent(grad)
+        x_adv = jnp.clip(x + geometry.project(x_new - x, eps), 0.0, 1.0).astype(x.dtype)
+        new_stats = jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new_stats, stats)
+        return x_adv, new_stats
+
+    return jax.lax.fori_loop(0, config.attack_steps, body, (x_adv, state.batch_stats))
+
+
+def make_train_step(config: TrainConfig, model, tx, mesh=None):
     """``step(state, images, labels) -> (state, metrics)``: one Danskin step (Section 2.1).
 
-    ``images`` (float32 in [0, 1]) and ``labels`` are the whole training set on
-    the device. The batch is chosen inside the step.
+    ``images`` (uint8) and ``labels`` are the whole training set on the
+    device; the batch is chosen, augmented and attacked inside the step. The
+    loss is on the adversarial examples only, as in the paper; batch-norm
+    statistics are updated by that forward pass alone, never by the attack's.
+    With a ``mesh`` the batch is sharded over its ``"data"`` axis (parameters
+    replicated): the same program on one or many devices.
     """
     config.validate()
-    n_steps, step_size = config.attack_steps, config.attack_step_size
+    dtype = jnp.dtype(config.compute_dtype)
 
     def step_fn(state: TrainState, images, labels):
-        data_key, attack_key_root = jax.random.split(state.key)
-        idx = batch_indices(data_key, state.step, images.shape[0], config.batch_size)
-        x, y = images[idx], labels[idx]
-        eps = _eps_at(config, state.step)
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-
-        def logits_fn(z):  # the attack sees the model in eval mode
-            return model.apply(variables, z, train=False)
-
-        key = jax.random.fold_in(attack_key_root, state.step)
-        if config.train_attack == "pgd":
-            x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=step_size,
-                                num_steps=n_steps)
-        elif config.train_attack == "fgsm":
-            x_adv = attacks.fgsm(logits_fn, x, y, eps=eps)
-        else:
-            x_adv = x
-        # Danskin: the gradient of the inner max is the loss gradient at the maximiser.
-        x_adv = jax.lax.stop_gradient(x_adv)
+        x, x_adv, y, eps, stats = adversarial_batch(config, model, state, images, labels, mesh)
 
         def loss_fn(params):
-            v = dict(variables, params=params)
+            v = {"params": _compute_params(config, params)}
             if state.batch_stats:
-                logits, upd = model.apply(v, x_adv, train=True, mutable=["batch_stats"])
+                v["batch_stats"] = stats
+                logits, upd = model.apply(v, x_adv.astype(dtype), train=True,
+                                          mutable=["batch_stats"])
             else:
-                logits, upd = model.apply(v, x_adv, train=True), {}
+                logits, upd = model.apply(v, x_adv.astype(dtype), train=True), {}
+            logits = logits.astype(jnp.float32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, upd)
 
@@ -221,11 +396,14 @@ def make_train_step(config: TrainConfig, model, tx):
             state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        nat_logits = logits_fn(x)
+        nat_logits = model_logits_fn(config, model, state.params, state.batch_stats)(x)
+        new_stats = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype),
+                                           upd.get("batch_stats", state.batch_stats),
+                                           state.batch_stats)
         metrics = dict(loss=loss, adv_acc=jnp.mean(jnp.argmax(adv_logits, -1) == y),
                        nat_acc=jnp.mean(jnp.argmax(nat_logits, -1) == y), eps=eps)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  batch_stats=upd.get("batch_stats", state.batch_stats))
+                                  batch_stats=new_stats)
         return new_state, metrics
 
     return step_fn
@@ -248,8 +426,8 @@ def _restore(manager, state: TrainState, step: Optional[int] = None) -> TrainSta
 
 
 def _load_split(config: TrainConfig, split: str):
-    images, labels = data.load(config.dataset, split, config.data_dir)
-    return images.astype(np.float32) / 255.0, labels
+    """uint8 images [N, H, W, C] and int32 labels of ``split``."""
+    return data.load(config.dataset, split, config.data_dir)
 
 
 def _write_config(workdir: str, config: TrainConfig) -> bool:
@@ -273,37 +451,24 @@ def _write_config(workdir: str, config: TrainConfig) -> bool:
     return existed
 
 
-def evaluate_model(logits_fn, x, y, config: TrainConfig, key=None) -> list[dict]:
+def evaluation_specs(config: TrainConfig) -> list:
     """Natural, FGSM and PGD-k rows (paper Table 1 layout) at the training eps."""
-    key = jax.random.PRNGKey(config.seed + 1) if key is None else key
     eps, ss = config.eps, config.eval_attack_step_size
-    specs = [dict(attack="natural", steps=0, step_size=0.0, fn=None),
-             dict(attack="fgsm", steps=1, step_size=eps,
-                  fn=lambda x, y, k: attacks.fgsm(logits_fn, x, y, eps=eps))]
-    for k in config.eval_attack_steps:
-        specs.append(dict(attack="pgd", steps=int(k), step_size=ss,
-                          fn=functools.partial(attacks.pgd, logits_fn, eps=eps, step_size=ss,
-                                               num_steps=int(k))))
-    rows = []
-    for i, s in enumerate(specs):
-        res = evaluate.robust_accuracy(logits_fn, x, y, s["fn"], eps=eps, norm="linf",
-                                       batch_size=config.eval_batch_size,
-                                       key=jax.random.fold_in(key, i))
-        rows.append(dict(attack=s["attack"], norm="linf", eps=0.0 if s["fn"] is None else eps,
-                         steps=s["steps"], step_size=s["step_size"], restarts=1,
-                         loss="xent" if s["fn"] is not None else None, source="A",
-                         accuracy=res.accuracy))
-    return rows
+    specs = [suite.AttackSpec("Natural", attack="natural", eps=eps),
+             suite.AttackSpec("FGSM", attack="fgsm", eps=eps)]
+    specs += [suite.AttackSpec("PGD", eps=eps, steps=int(k), step_size=ss)
+              for k in config.eval_attack_steps if int(k) > 0]
+    return specs
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows of results.json as a markdown table (Method, Steps, Restarts, Source, Accuracy)."""
-    lines = ["| Method | eps | Steps | Step size | Restarts | Source | Accuracy |",
-             "|---|---:|---:|---:|---:|---|---:|"]
-    for r in rows:
-        lines.append(f"| {r['attack']} | {r['eps']:g} | {r['steps']} | {r['step_size']:g} | "
-                     f"{r['restarts']} | {r['source']} | {100 * r['accuracy']:.2f}% |")
-    return "\n".join(lines)
+def evaluate_model(logits_fn, x, y, config: TrainConfig, key=None) -> list[dict]:
+    """Rows of :func:`evaluation_specs` plus the per-example worst case (Section 5)."""
+    key = jax.random.PRNGKey(config.seed + 1) if key is None else key
+    return suite.run_suite(logits_fn, x, y, evaluation_specs(config),
+                           batch_size=config.eval_batch_size, key=key).rows
+
+
+markdown_table = suite.markdown_table
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *,
@@ -317,30 +482,43 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     job would; the same call without it then resumes.
     """
     config.validate()
+    mesh = make_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
+                         f"devices ({mesh.size}) to shard the batch")
+    primary = jax.process_index() == 0  # multi-host: one process writes the files
     os.makedirs(workdir, exist_ok=True)
     xtr, ytr = _load_split(config, "train")
     xte, yte = _load_split(config, "test")
     if config.batch_size > len(xtr):
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(xtr)} training "
                          "examples")
-    _write_config(workdir, config)
+    if primary:
+        _write_config(workdir, config)
 
     model = build_model(config)
     tx = make_optimizer(config)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = create_state(config, model, tx, jnp.zeros((1,) + xtr.shape[1:], jnp.float32))
+    state = jax.device_put(state, replicated)
     manager = _checkpoint_manager(workdir)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if manager.latest_step() is not None:
         state = _restore(manager, state)
         log.info("resumed from step %d", int(state.step))
-        _truncate_metrics(metrics_path, int(state.step))
-    step_fn = jax.jit(make_train_step(config, model, tx), donate_argnums=0)
-    images, labels = jax.device_put(xtr), jax.device_put(ytr)
+        if primary:
+            _truncate_metrics(metrics_path, int(state.step))
+    step_fn = jax.jit(make_train_step(config, model, tx, mesh), donate_argnums=0)
+    # The whole training set on every device, as uint8 (CIFAR-10: 150 MB).
+    images, labels = jax.device_put(xtr, replicated), jax.device_put(ytr, replicated)
+    log.info("training %s on %s: %d device(s), %d process(es), %s parameters",
+             type(model).__name__, config.dataset, mesh.size, jax.process_count(),
+             f"{models.param_count(state.params):,}")
 
     start = int(state.step)
     pending, t_last, s_last = [], time.time(), start
     end = config.steps if stop_after is None else min(stop_after, config.steps)
-    with open(metrics_path, "a") as mf:
+    with open(metrics_path if primary else os.devnull, "a") as mf:
         for s in range(start, end):
             state, m = step_fn(state, images, labels)
             pending.append(m)
@@ -368,27 +546,29 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
         return None
 
     n = len(xte) if config.eval_examples == -1 else min(config.eval_examples, len(xte))
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    logits_fn = jax.jit(lambda z: model.apply(variables, z, train=False))
-    rows = evaluate_model(logits_fn, xte[:n], yte[:n], config)
+    logits_fn = jax.jit(model_logits_fn(config, model, state.params, state.batch_stats))
+    rows = evaluate_model(logits_fn, xte[:n].astype(np.float32) / 255.0, yte[:n], config)
     results = dict(dataset=config.dataset, split="test", n=int(n),
-                   model=dict(arch="MnistCNN", width=config.width,
+                   model=dict(arch=type(model).__name__, width=config.width,
                               params=models.param_count(state.params)),
                    training=dict(config.to_json(), final_step=int(state.step)), rows=rows)
-    with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+    if primary:
+        suite.write_results(os.path.join(workdir, "results.json"), results, table=False)
     print(markdown_table(rows))
     return results
 
 
-def load_model(workdir: str):
-    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of the last checkpoint in ``workdir``.
+class LoadedRun(NamedTuple):
+    """A trained model read back from a workdir by :func:`load_run`."""
 
-    The handle that research code composes attacks with (paper Section 4 models).
-    """
+    logits_fn: Any  # x NHWC in [0, 1] -> logits, eval mode, jitted
+    config: TrainConfig
+    params: int  # parameter count
+    step: int  # training step of the checkpoint
+
+
+def load_run(workdir: str) -> LoadedRun:
+    """The last checkpoint in ``workdir`` with its configuration (see :func:`load_model`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found; is {workdir!r} a robustjax workdir?")
@@ -396,16 +576,23 @@ def load_model(workdir: str):
         config = TrainConfig.from_json(json.load(f))
     model = build_model(config)
     tx = make_optimizer(config)
-    shape = (1, 28, 28, 1)
-    state = create_state(config, model, tx, jnp.zeros(shape, jnp.float32))
+    state = create_state(config, model, tx, jnp.zeros(_SAMPLE_SHAPE[config.dataset], jnp.float32))
     manager = _checkpoint_manager(workdir)
     if manager.latest_step() is None:
         raise FileNotFoundError(f"{workdir}: no checkpoint to load")
     state = _restore(manager, state)
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return jax.jit(lambda x: model.apply(variables, x, train=False))
+    fn = model_logits_fn(config, model, state.params, state.batch_stats)
+    return LoadedRun(logits_fn=jax.jit(fn),
+                     config=config, params=models.param_count(state.params),
+                     step=int(state.step))
+
+
+def load_model(workdir: str):
+    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of the last checkpoint in ``workdir``.
+
+    The handle that research code composes attacks with (paper Section 4 models).
+    """
+    return load_run(workdir).logits_fn
 
 
 def _truncate_metrics(path: str, step: int) -> None:

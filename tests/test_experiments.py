@@ -38,7 +38,7 @@ def test_mnist_entry_point_and_resume(idx_dir, tmp_path):
     p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1", *TINY)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| Method |" in p.stdout and "step 3/3" in p.stdout
-    _check_results(os.path.join(wd, "results.json"), 3)  # natural, FGSM, PGD-2
+    _check_results(os.path.join(wd, "results.json"), 4)  # natural, FGSM, PGD-2, worst
     p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
              *[a if a != "--steps=3" else "--steps=4" for a in TINY])
     assert p.returncode == 0, p.stderr[-3000:]
@@ -60,9 +60,59 @@ def test_capacity_entry_point(idx_dir, tmp_path):
     p = _run("experiments.mnist_capacity", "--width=1", f"--workdir={wd}",
              f"--data_dir={idx_dir}", *TINY)
     assert p.returncode == 0, p.stderr[-3000:]
-    res = _check_results(os.path.join(wd, "width_1", "results.json"), 9)  # 3 models x 3
+    res = _check_results(os.path.join(wd, "width_1", "results.json"), 12)  # 3 models x 4
     assert {r["train_attack"] for r in res["rows"]} == {"none", "fgsm", "pgd"}
     assert os.path.getsize(os.path.join(wd, "capacity.png")) > 10_000
     p = _run("experiments.mnist_capacity", "--width=3", f"--workdir={wd}",
              f"--data_dir={idx_dir}", *TINY)
     assert p.returncode != 0 and "width must be one of" in p.stderr
+
+
+def test_mnist_table_entry_point(idx_dir, tmp_path):
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    for wd, extra in ((a, []), (b, ["--train_attack=none", "--seed=1"])):
+        p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
+                 *TINY, *extra)
+        assert p.returncode == 0, p.stderr[-3000:]
+    out = str(tmp_path / "table")
+    p = _run("experiments.mnist_table", f"--workdir={a}", f"--source_a_prime={b}",
+             f"--source_b={b}", "--examples=30", "--restarts=2", f"--output_dir={out}",
+             "--save_adversarial", "--batch_size=30")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = _check_results(os.path.join(out, "results.json"), 9 + 5 + 3 + 1)
+    rows = res["rows"]
+    assert [r["source"] for r in rows] == ["A"] * 9 + ["A'"] * 5 + ["B"] * 3 + ["all"]
+    assert [r["name"] for r in rows[:9]] == ["Natural", "FGSM", "PGD", "PGD", "PGD", "PGD",
+                                             "Targeted", "CW", "CW+"]
+    assert [(r["steps"], r["restarts"]) for r in rows[2:6]] == [(40, 1), (100, 1), (40, 2),
+                                                                  (100, 2)]
+    assert rows[8]["kappa"] == 50.0 and rows[6]["targeted"] == "all"
+    assert all(r["eps"] == 0.3 for r in rows[1:])
+    assert rows[-1]["accuracy"] == min(r["accuracy"] for r in rows)
+    assert set(res["sources"]) == {"A'", "B"} and res["sources"]["B"]["train_attack"] == "none"
+    md = open(os.path.join(out, "results.md")).read()
+    assert md.startswith("| Method | eps | Steps |") and md.count("\n") == 2 + len(rows)
+    assert len(os.listdir(os.path.join(out, "adversarial"))) == len(rows) - 1
+    p = _run("experiments.mnist_table", f"--workdir={a}", "--source_b=/nonexistent")
+    assert p.returncode != 0 and "/nonexistent" in p.stderr
+
+
+def test_cifar10_entry_points(cifar_dir, tmp_path):
+    wd = str(tmp_path / "cifar")
+    p = _run("experiments.cifar10", f"--workdir={wd}", f"--data_dir={cifar_dir}", "--width=1",
+             "--steps=2", "--batch_size=8", "--attack_steps=1", "--log_every=1",
+             "--eval_examples=30", "--eval_batch_size=30", "--eval_attack_steps=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = _check_results(os.path.join(wd, "results.json"), 4)
+    assert res["model"]["arch"] == "CifarResNet" and res["training"]["optimizer"] == "momentum"
+    assert res["training"]["lr_boundaries"] == [40000, 60000]
+    assert abs(res["rows"][1]["eps"] - 8 / 255) < 1e-9
+    out = str(tmp_path / "table")
+    p = _run("experiments.cifar10_table", f"--workdir={wd}", f"--source_a_nat={wd}",
+             "--examples=30", f"--output_dir={out}", "--batch_size=30")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = _check_results(os.path.join(out, "results.json"), 5 + 3 + 1)
+    assert [(r["name"], r["steps"]) for r in res["rows"][:5]] == [
+        ("Natural", 0), ("FGSM", 1), ("PGD", 7), ("PGD", 20), ("CW", 30)]
+    p = _run("experiments.cifar10", f"--workdir={tmp_path / 'x'}", "--dataset=mnist")
+    assert p.returncode != 0 and "--dataset must be one of ('cifar10',)" in p.stderr

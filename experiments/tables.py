@@ -1,0 +1,83 @@
+"""Shared flags and runner of the table entry points (paper Tables 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+from absl import app, flags
+
+from experiments.log_setup import setup_logging
+from robustjax import data, suite, train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "Workdir of the evaluated model A (a training run).")
+flags.DEFINE_string("source_a_prime", None, "Workdir of A': an independently trained copy "
+                    "of A (same recipe, another seed). Adds its transfer rows.")
+flags.DEFINE_string("data_dir", None, "Raw dataset files (default: the data_dir A was "
+                    "trained with, else TFDS).")
+flags.DEFINE_integer("examples", -1, "Test examples to evaluate (-1: the whole test split).")
+flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
+flags.DEFINE_integer("seed", 0, "Seed of the random starts and targets.")
+flags.DEFINE_string("output_dir", None, "Where results.json, results.md and adversarial "
+                    "examples go (default: WORKDIR/table).")
+flags.DEFINE_bool("save_adversarial", False, "Save each row's adversarial examples as "
+                  "OUTPUT_DIR/adversarial/rowNN.npy.")
+
+
+def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> dict:
+    """Loads A and the sources, runs the rows, writes results.json and results.md."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir (the evaluated model's training workdir) is required")
+    if FLAGS.examples == 0 or FLAGS.examples < -1:
+        raise app.UsageError(f"--examples must be -1 (all) or positive, got {FLAGS.examples}")
+    run_a = train.load_run(FLAGS.workdir)
+    cfg = run_a.config
+    if cfg.dataset not in dataset_family:
+        raise app.UsageError(f"--workdir holds a {cfg.dataset} model; this table is for "
+                             f"{'/'.join(dataset_family)}")
+    loaded = {}
+    for name, wd in sources.items():
+        if wd:
+            src = train.load_run(wd)
+            if src.config.dataset != cfg.dataset:
+                raise app.UsageError(f"source {name} ({wd}) is a {src.config.dataset} model, "
+                                     f"A is {cfg.dataset}")
+            loaded[name] = src
+    x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
+    n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
+    x, y = x[:n].astype("float32") / 255.0, y[:n]
+    specs = make_specs(set(loaded))
+    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "table")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+
+    def progress(i, spec, acc):
+        print(f"[{time.time() - t0:7.1f}s] row {i + 1}/{len(specs)}: {spec.name} "
+              f"{spec.steps if spec.attack == 'pgd' else ''} x{spec.restarts} "
+              f"source {spec.source}: {100 * acc:.2f}%", flush=True)
+
+    res = suite.run_suite(run_a.logits_fn, x, y, specs,
+                          sources={k: v.logits_fn for k, v in loaded.items()},
+                          batch_size=FLAGS.batch_size, key=jax.random.PRNGKey(FLAGS.seed),
+                          save_dir=os.path.join(out, "adversarial") if FLAGS.save_adversarial
+                          else None, progress=progress)
+    results = dict(
+        dataset=cfg.dataset, split="test", n=int(n),
+        model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.width,
+                   params=run_a.params),
+        training=dict(cfg.to_json(), final_step=run_a.step, workdir=os.path.abspath(FLAGS.workdir)),
+        sources={k: dict(workdir=os.path.abspath(sources[k]), width=v.config.width,
+                         train_attack=v.config.train_attack, seed=v.config.seed,
+                         params=v.params) for k, v in loaded.items()},
+        eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, seconds=time.time() - t0),
+        rows=res.rows)
+    suite.write_results(os.path.join(out, "results.json"), results)
+    print(suite.markdown_table(res.rows))
+    print(f"results: {os.path.join(out, 'results.json')} and results.md")
+    return results
