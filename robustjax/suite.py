@@ -104,7 +104,8 @@ class SuiteResult(NamedTuple):
     rows: one dict per spec (shared results.json schema) and a last row with
       ``attack="worst_case"``.
     correct: bool ``[num_rows, N]`` per-example robust correctness of each spec.
-    worst_case_correct: bool ``[N]``, True where every row failed.
+    worst_case_correct: bool ``[N]``, True where the example is correct under every
+      row (every attack failed on it).
     """
 
     rows: list
@@ -120,7 +121,8 @@ def _targets(spec: AttackSpec, src_logits, x, y, key, num_classes):
     """Target classes for the single-target modes."""
     if spec.targeted == "random":
         return (y + jax.random.randint(key, y.shape, 1, num_classes)) % num_classes
-    return jnp.argmin(src_logits(x), axis=-1)  # least likely (never y unless all tie)
+    # Least likely; it is y only where the source already ranks y last.
+    return jnp.argmin(src_logits(x), axis=-1)
 
 
 def make_attack(spec: AttackSpec, src_logits, target_logits,
