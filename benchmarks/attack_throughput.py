@@ -35,6 +35,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks.torch_port import configure_xla, torch_mnist_cnn
+
 _BATCHES = flags.DEFINE_list("batches", ["1", "50", "256"], "Batch sizes to time.")
 _STEPS = flags.DEFINE_integer("steps", 40, "PGD steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved timing repeats (median).")
@@ -48,58 +50,7 @@ _LOOP_FRIENDLY = flags.DEFINE_bool("loop_friendly", True, "MnistCNN(loop_friendl
                                    "times the stock Flax/lax layers (the baseline).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
 
-TUNED_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot"
 EPS, STEP = 0.3, 0.01
-
-
-def _configure_xla(threads: int) -> str:
-    """Sets XLA_FLAGS before the JAX backend starts; returns what was added."""
-    added = []
-    if _XLA_PRESET.value == "tuned":
-        added.append(TUNED_CPU_FLAGS)
-    if threads:
-        added.append(f"--xla_cpu_multi_thread_eigen=true "
-                     f"intra_op_parallelism_threads={threads}")
-    if added:
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + added).strip()
-    return " ".join(added)
-
-
-def _torch_model(params):
-    """The same network in PyTorch (NCHW), with robustjax's weights copied in."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class TorchMnistCNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
-            self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-            self.fc1 = nn.Linear(7 * 7 * 64, 1024)
-            self.fc2 = nn.Linear(1024, 10)
-
-        def forward(self, x):
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = F.relu(self.fc1(torch.flatten(x, 1)))
-            return self.fc2(x)
-
-    p = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in params["params"].items()}
-    net = TorchMnistCNN()
-    with torch.no_grad():
-        for name in ("conv1", "conv2"):
-            getattr(net, name).weight.copy_(
-                torch.from_numpy(np.ascontiguousarray(p[name]["kernel"].transpose(3, 2, 0, 1))))
-            getattr(net, name).bias.copy_(torch.from_numpy(p[name]["bias"].copy()))
-        # Flax flattens (h, w, c), PyTorch (c, h, w): permute fc1's input rows.
-        k = p["fc1"]["kernel"].reshape(7, 7, 64, 1024).transpose(2, 0, 1, 3).reshape(-1, 1024)
-        net.fc1.weight.copy_(torch.from_numpy(np.ascontiguousarray(k.T)))
-        net.fc1.bias.copy_(torch.from_numpy(p["fc1"]["bias"].copy()))
-        net.fc2.weight.copy_(torch.from_numpy(np.ascontiguousarray(p["fc2"]["kernel"].T)))
-        net.fc2.bias.copy_(torch.from_numpy(p["fc2"]["bias"].copy()))
-    return net.eval()
 
 
 def _torch_pgd(model, x, y, eps, step, steps):
@@ -120,7 +71,7 @@ def _torch_pgd(model, x, y, eps, step, steps):
 def main(argv):
     del argv
     threads = _THREADS.value or os.cpu_count()
-    added_flags = _configure_xla(_THREADS.value)
+    added_flags = configure_xla(_XLA_PRESET.value, _THREADS.value)
 
     import jax
     import jax.numpy as jnp
@@ -138,7 +89,7 @@ def main(argv):
 
     model = models.MnistCNN(16, loop_friendly=_LOOP_FRIENDLY.value)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-    net = _torch_model(params).to(tdev)
+    net = torch_mnist_cnn(params).to(tdev)
 
     probe = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
     diff = np.abs(np.asarray(model.apply(params, probe)) -

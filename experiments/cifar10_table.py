@@ -1,15 +1,18 @@
 r"""The paper's Table 2 (CIFAR-10, L-inf eps = 8/255) for a trained model, from one command.
 
   python -m experiments.cifar10_table --workdir=A [--source_a_prime=A2] \
-      [--source_a_nat=ANAT] [--data_dir=DIR] [--examples=N] [--save_adversarial]
+      [--source_a_nat=ANAT] [--data_dir=DIR] [--examples=N] [--suite=paper|autoattack|all] \
+      [--save_adversarial]
 
 A, A' and A_nat are training workdirs (experiments.cifar10): A the evaluated
 PGD-trained model, A' an independently trained copy (same recipe, another
 --seed), A_nat the same architecture trained naturally (--train_attack=none).
 Rows (eps 8/255, random start): Natural; FGSM; PGD-7 (step 2/255); PGD-20
 (step 1/255); CW-30 (step 1/255); from A' and from A_nat: FGSM, PGD-7, CW-30;
-and the worst case over all rows per example. Writes OUTPUT_DIR/results.json
-and results.md (OUTPUT_DIR defaults to A/table).
+and the worst case over all rows per example. --suite=all adds the AutoAttack
+ensemble (standard version) as a row; --suite=autoattack runs natural +
+AutoAttack only. Writes OUTPUT_DIR/results.json and results.md (OUTPUT_DIR
+defaults to A/table).
 
 Madry et al., Table 2 (WRN-34-10): natural 87.3%, FGSM 56.1%, PGD-7 50.0%,
 PGD-20 45.8%, CW-30 46.8%; the transfer rows from A' and A_nat are higher
@@ -19,6 +22,7 @@ PGD-20 45.8%, CW-30 46.8%; the transfer rows from A' and A_nat are higher
 from absl import app, flags
 
 from experiments import tables
+from experiments.cli import one_line_errors
 from robustjax.suite import AttackSpec
 
 flags.DEFINE_string("source_a_nat", None, "Workdir of A_nat: the same architecture trained "
@@ -43,6 +47,7 @@ def table2_specs(sources, *, eps=8 / 255) -> list:
     return specs
 
 
+@one_line_errors
 def main(argv):
     tables.run(argv, lambda src: table2_specs(src, eps=FLAGS.eps),
                sources={"A'": FLAGS.source_a_prime, "A_nat": FLAGS.source_a_nat},

@@ -1,7 +1,7 @@
 r"""The paper's Table 1 (MNIST, L-inf eps = 0.3) for a trained model, from one command.
 
   python -m experiments.mnist_table --workdir=A [--source_a_prime=A2] [--source_b=B] \
-      [--data_dir=DIR] [--examples=N] [--save_adversarial]
+      [--data_dir=DIR] [--examples=N] [--suite=paper|autoattack|all] [--save_adversarial]
 
 A, A' and B are training workdirs (``experiments.mnist``): A the evaluated
 PGD-trained model, A' an independently trained copy (same recipe, another
@@ -11,8 +11,10 @@ Rows (all eps 0.3, PGD step 0.01, random start): Natural; FGSM; PGD 40 and 100
 steps with 1 and --restarts (20) restarts; Targeted 40 (one run towards each of
 the 9 wrong classes; broken if any run is misclassified); CW 40; CW+ (kappa 50)
 40; from A': FGSM, PGD 40, PGD 100 x restarts, CW 40, CW+ 40; from B: FGSM,
-PGD 40, CW+ 40; and the worst case over all rows per example. Writes
-OUTPUT_DIR/results.json and results.md (OUTPUT_DIR defaults to A/table).
+PGD 40, CW+ 40; and the worst case over all rows per example. --suite=all adds
+the AutoAttack ensemble (standard version, Croce & Hein 2020) as a row, which
+the worst case then covers; --suite=autoattack runs natural + AutoAttack only.
+Writes OUTPUT_DIR/results.json and results.md (OUTPUT_DIR defaults to A/table).
 
 Madry et al., Table 1 (full MNIST, width-16 model, 100k steps): natural 98.8%,
 FGSM 95.6%, PGD-40 93.2%, PGD-100 91.8%, PGD-40 x 20 90.4%, PGD-100 x 20 89.3%,
@@ -28,6 +30,7 @@ and a worst case of 84.85%; the table alone took 38 minutes on 2 CPU cores
 from absl import app, flags
 
 from experiments import tables
+from experiments.cli import one_line_errors
 from robustjax.suite import AttackSpec
 
 flags.DEFINE_string("source_b", None, "Workdir of B: a naturally trained model of another "
@@ -63,6 +66,7 @@ def table1_specs(sources, *, eps=0.3, step_size=0.01, restarts=20) -> list:
     return specs
 
 
+@one_line_errors
 def main(argv):
     tables.run(argv, lambda src: table1_specs(src, eps=FLAGS.eps, step_size=FLAGS.step_size,
                                               restarts=FLAGS.restarts),

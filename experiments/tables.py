@@ -25,6 +25,24 @@ flags.DEFINE_string("output_dir", None, "Where results.json, results.md and adve
                     "examples go (default: WORKDIR/table).")
 flags.DEFINE_bool("save_adversarial", False, "Save each row's adversarial examples as "
                   "OUTPUT_DIR/adversarial/rowNN.npy.")
+flags.DEFINE_enum("suite", "paper", ["paper", "autoattack", "all"],
+                  "Rows: the paper's ('paper'), natural + the AutoAttack ensemble "
+                  "('autoattack'), or both ('all'); the worst case covers every row.")
+
+SUITES = ("paper", "autoattack", "all")
+
+
+def suite_specs(paper_specs: list, which: str) -> list:
+    """The rows of ``--suite``: the paper's rows, AutoAttack's (standard version), or both."""
+    if which not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {which!r}")
+    natural = paper_specs[0]
+    autoattack = suite.AttackSpec("AutoAttack", attack="autoattack", eps=natural.eps)
+    if which == "paper":
+        return paper_specs
+    if which == "autoattack":
+        return [natural, autoattack]
+    return paper_specs + [autoattack]
 
 
 def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> dict:
@@ -52,15 +70,15 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
     n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
     x, y = x[:n].astype("float32") / 255.0, y[:n]
-    specs = make_specs(set(loaded))
+    specs = suite_specs(make_specs(set(loaded)), FLAGS.suite)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "table")
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
     def progress(i, spec, acc):
+        steps = f"{spec.steps} " if spec.attack == "pgd" else ""
         print(f"[{time.time() - t0:7.1f}s] row {i + 1}/{len(specs)}: {spec.name} "
-              f"{spec.steps if spec.attack == 'pgd' else ''} x{spec.restarts} "
-              f"source {spec.source}: {100 * acc:.2f}%", flush=True)
+              f"{steps}x{spec.restarts} source {spec.source}: {100 * acc:.2f}%", flush=True)
 
     res = suite.run_suite(run_a.logits_fn, x, y, specs,
                           sources={k: v.logits_fn for k, v in loaded.items()},
@@ -75,7 +93,8 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
         sources={k: dict(workdir=os.path.abspath(sources[k]), width=v.config.width,
                          train_attack=v.config.train_attack, seed=v.config.seed,
                          params=v.params) for k, v in loaded.items()},
-        eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, seconds=time.time() - t0),
+        eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, suite=FLAGS.suite,
+                  seconds=time.time() - t0),
         rows=res.rows)
     suite.write_results(os.path.join(out, "results.json"), results)
     print(suite.markdown_table(res.rows))

@@ -5,6 +5,10 @@ Modules:
   attacks  -- FGSM, PGD (L-inf / L2, restarts, targeted, CW / CW+ losses): the
               inner maximisation of the paper's saddle-point problem (Eq. 2.1).
   evaluate -- robust accuracy over a dataset with validated adversarial examples.
+  apgd     -- Auto-PGD, the DLR loss and APGD-T (Croce & Hein, ICML 2020).
+  fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
+  square   -- the gradient-free Square attack (Andriushchenko et al., 2020).
+  autoattack -- the AutoAttack ensemble (standard, plus, rand, custom versions).
   suite    -- attack suites: the paper's Tables 1 and 2 as data, with the
               per-example worst case over all rows (Section 5).
   models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet (Flax Linen).
@@ -15,13 +19,15 @@ Modules:
               resume, load_model.
 """
 
-from robustjax import attacks, augment, data, evaluate, layers, models, suite, train
+from robustjax import (apgd, attacks, augment, autoattack, data, evaluate, fab, layers, models,
+                       square, suite, train)
 from robustjax.attacks import fgsm, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
 from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
-__all__ = ["attacks", "augment", "data", "evaluate", "layers", "models", "suite", "train",
+__all__ = ["apgd", "attacks", "augment", "autoattack", "data", "evaluate", "fab", "layers",
+           "models", "square", "suite", "train",
            "fgsm", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
            "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

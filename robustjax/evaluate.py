@@ -25,7 +25,7 @@ import numpy as np
 from robustjax import attacks as _attacks
 
 __all__ = ["AttackFn", "RobustAccuracy", "InvalidAdversarialError", "check_dataset",
-           "robust_accuracy"]
+           "robust_accuracy", "adversarial_checks", "validate_checks", "pad_batch", "num_classes"]
 
 AttackFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 """``attack(x, y, key) -> x_adv``, e.g. ``functools.partial(pgd, logits_fn, eps=.3, ...)``."""
@@ -86,12 +86,21 @@ def check_dataset(x, y, *, num_classes: int, bounds=(0.0, 1.0)) -> tuple[np.ndar
     return x, y.astype(np.int32)
 
 
-def _pad_batch(a: np.ndarray, size: int) -> np.ndarray:
+def pad_batch(a: np.ndarray, size: int) -> np.ndarray:
     """Pads the batch axis to ``size`` by repeating the last example (one compiled shape)."""
     if a.shape[0] == size:
         return a
     reps = np.repeat(a[-1:], size - a.shape[0], axis=0)
     return np.concatenate([a, reps], axis=0)
+
+
+def num_classes(logits_fn: _attacks.LogitsFn, input_shape) -> int:
+    """The number of classes of ``logits_fn`` for inputs of ``input_shape`` (one trace, no compute)."""
+    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
+    if len(out.shape) != 2 or out.shape[0] != 1:
+        raise ValueError(f"logits_fn must map [B, ...] inputs to [B, num_classes] logits, "
+                         f"got output shape {out.shape} for one input")
+    return int(out.shape[1])
 
 
 def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackFn], *,
@@ -132,41 +141,24 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch of inputs, got shape {x.shape}")
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32))
-    if len(out.shape) != 2 or out.shape[0] != 1:
-        raise ValueError(f"logits_fn must map [B, ...] inputs to [B, num_classes] logits, "
-                         f"got output shape {out.shape} for one input")
-    x, y = check_dataset(x, y, num_classes=out.shape[1], bounds=bounds)
+    x, y = check_dataset(x, y, num_classes=num_classes(logits_fn, x.shape[1:]), bounds=bounds)
     key = jax.random.PRNGKey(0) if key is None else key
-    distance = _attacks.NORMS[norm].distance
 
     @jax.jit
     def run_batch(xb, yb, kb):
         x_adv = xb if attack is None else attack(xb, yb, kb)
-        if x_adv.shape != xb.shape or x_adv.dtype != xb.dtype:
-            raise InvalidAdversarialError(
-                f"attack returned shape {x_adv.shape} and dtype {x_adv.dtype}, expected "
-                f"{xb.shape} and {xb.dtype}")
-        flat = x_adv.reshape(x_adv.shape[0], -1)
-        checks = dict(
-            dist=distance(x_adv - xb),
-            finite=jnp.all(jnp.isfinite(flat), axis=1),
-            low=jnp.min(flat, axis=1),
-            high=jnp.max(flat, axis=1),
-            clean_ok=jnp.argmax(logits_fn(xb), axis=-1) == yb,
-            adv_ok=jnp.argmax(logits_fn(x_adv), axis=-1) == yb,
-        )
-        return x_adv, checks
+        return x_adv, adversarial_checks(logits_fn, xb, yb, x_adv, norm=norm)
 
     n = x.shape[0]
     bs = min(batch_size, n)
     clean, robust, kept = [], [], []
     for i, start in enumerate(range(0, n, bs)):
         stop = min(start + bs, n)
-        xb, yb = _pad_batch(x[start:stop], bs), _pad_batch(y[start:stop], bs)
+        xb, yb = pad_batch(x[start:stop], bs), pad_batch(y[start:stop], bs)
         x_adv, checks = run_batch(jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i))
         checks = jax.tree_util.tree_map(lambda a: np.asarray(a)[: stop - start], checks)
-        _validate(checks, start, eps=float(eps), atol=float(atol), norm=norm, lo=lo, hi=hi)
+        validate_checks(checks, eps=float(eps), atol=float(atol), norm=norm, bounds=(lo, hi),
+                        offset=start)
         clean.append(checks["clean_ok"])
         robust.append(checks["clean_ok"] & checks["adv_ok"])
         if keep_adversarial:
@@ -179,12 +171,44 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
                           x_adv=np.concatenate(kept) if keep_adversarial else None)
 
 
-def _validate(checks, offset, *, eps, atol, norm, lo, hi):
-    """Raises InvalidAdversarialError naming the first offending example."""
+def adversarial_checks(logits_fn: _attacks.LogitsFn, x, y, x_adv, *, norm: str) -> dict:
+    """Per-example facts about ``x_adv`` that :func:`validate_checks` judges (jittable).
+
+    Raises :class:`InvalidAdversarialError` at trace time if ``x_adv`` does not
+    have the shape and dtype of ``x``. Returns arrays ``[B]``: ``dist`` (in
+    ``norm``), ``finite``, ``low`` / ``high`` (smallest and largest value),
+    ``clean_ok`` / ``adv_ok`` (the model's prediction equals ``y``).
+    """
+    if x_adv.shape != x.shape or x_adv.dtype != x.dtype:
+        raise InvalidAdversarialError(
+            f"attack returned shape {x_adv.shape} and dtype {x_adv.dtype}, expected "
+            f"{x.shape} and {x.dtype}")
+    flat = x_adv.reshape(x_adv.shape[0], -1)
+    return dict(
+        dist=_attacks.NORMS[norm].distance(x_adv - x),
+        finite=jnp.all(jnp.isfinite(flat), axis=1),
+        low=jnp.min(flat, axis=1),
+        high=jnp.max(flat, axis=1),
+        clean_ok=jnp.argmax(logits_fn(x), axis=-1) == y,
+        adv_ok=jnp.argmax(logits_fn(x_adv), axis=-1) == y,
+    )
+
+
+def validate_checks(checks: dict, *, eps: float, atol: float, norm: str, bounds,
+                    offset: int = 0, index: Optional[np.ndarray] = None) -> None:
+    """Raises InvalidAdversarialError naming the first example outside the threat model.
+
+    ``checks`` holds host arrays from :func:`adversarial_checks`, for examples
+    ``offset, offset + 1, ...`` of the dataset, or ``index[0], index[1], ...``
+    when the batch is a selection (used in the message).
+    """
+    lo, hi = bounds
+
     def fail(mask, what):
         idx = np.flatnonzero(mask)
+        first = offset + idx[0] if index is None else int(index[idx[0]])
         raise InvalidAdversarialError(
-            f"{idx.size} adversarial example(s) {what}; first at example {offset + idx[0]}")
+            f"{idx.size} adversarial example(s) {what}; first at example {first}")
 
     if not np.all(checks["finite"]):
         fail(~checks["finite"], "contain NaN or infinite values")

@@ -21,7 +21,8 @@ same function and the same gradients:
   1 -> 32 channels) are computed as im2col + matmul in plain JAX. A convolution
   whose input gradient has one channel is a poor shape for every convolution
   library (about 13 GFLOP/s here); as a matmul plus a sum of shifted slices
-  it is about five times faster. This path keeps forward-mode autodiff.
+  it is about five times faster. Its patch extraction has a custom VJP too
+  (see ``_patches_bwd``), so that the input gradient is a buffer read once.
 
 :func:`max_pool_2x2` is 2x2/stride-2 max-pooling written as reshape + max
 (no ``reduce_window``, whose gradient is a slow select-and-scatter on CPU),
@@ -88,15 +89,52 @@ def _conv_bwd(cfg, residuals, g):
 _conv_loop_friendly.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _extract_patches(xp, kh, kw, ho, wo):
+    """[B, ho, wo, kh * kw, C]: the kh x kw windows of the padded input, row-major."""
+    return jnp.stack([xp[:, a:a + ho, c:c + wo, :] for a in range(kh) for c in range(kw)],
+                     axis=-2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _patches(xp, kh, kw, ho, wo):
+    return _extract_patches(xp, kh, kw, ho, wo)
+
+
+def _patches_fwd(xp, kh, kw, ho, wo):
+    return _extract_patches(xp, kh, kw, ho, wo), xp.shape
+
+
+def _patches_bwd(kh, kw, ho, wo, shape, g):
+    """col2im: each window's gradient added back where the window was read.
+
+    JAX's own transpose of :func:`_extract_patches` is one sum of kh * kw
+    padded slices, which XLA fuses into *every* consumer of the input
+    gradient: an attack that reads the gradient in several places (APGD,
+    FAB's projections) recomputed it each time, about half of a FAB step on
+    CPU. Summing the column offsets first and adding each row of windows into
+    the result in place gives the same gradient (up to float summation order)
+    as a buffer that consumers read once.
+    """
+    _, _, wp, _ = shape
+    out = jnp.zeros(shape, g.dtype)
+    for a in range(kh):
+        row = sum(jnp.pad(g[:, :, :, a * kw + c, :], ((0, 0), (0, 0), (c, wp - wo - c), (0, 0)))
+                  for c in range(kw))
+        out = out.at[:, a:a + ho, :, :].add(row)
+    return (out,)
+
+
+_patches.defvjp(_patches_fwd, _patches_bwd)
+
+
 def _conv_im2col(lhs, rhs, padding, precision):
-    """NHWC x HWIO stride-1 convolution as patches @ kernel (autodiff-friendly)."""
+    """NHWC x HWIO stride-1 convolution as patches @ kernel."""
     kh, kw, cin, cout = rhs.shape
     b, h, w, _ = lhs.shape
     (plh, phh), (plw, phw) = padding
     xp = jnp.pad(lhs, ((0, 0), (plh, phh), (plw, phw), (0, 0)))
     ho, wo = h + plh + phh - kh + 1, w + plw + phw - kw + 1
-    patches = jnp.stack([xp[:, a:a + ho, c:c + wo, :] for a in range(kh) for c in range(kw)],
-                        axis=-2)
+    patches = _patches(xp, kh, kw, ho, wo)
     out = jnp.dot(patches.reshape(-1, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
                   precision=precision)
     return out.reshape(b, ho, wo, cout)

@@ -27,28 +27,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import attacks, evaluate
+from robustjax import apgd, attacks, autoattack, evaluate, fab, square
 
-__all__ = ["AttackSpec", "SuiteResult", "run_suite", "markdown_table", "write_results",
-           "TARGETING", "ATTACKS"]
+__all__ = ["AttackSpec", "SuiteResult", "run_suite", "make_attack", "markdown_table",
+           "write_results", "TARGETING", "ATTACKS"]
 
-ATTACKS = ("natural", "fgsm", "pgd")
+ATTACKS = ("natural", "fgsm", "pgd", "apgd", "apgd_t", "fab", "fab_t", "square", "autoattack")
 TARGETING = ("none", "all", "random", "least_likely")
+_AUTOATTACK_ROWS = ("apgd", "apgd_t", "fab", "fab_t", "square", "autoattack")
+# Per attack: the default steps (Square: queries) and loss, and the losses it takes.
+_DEFAULT_STEPS = dict(pgd=40, apgd=100, apgd_t=100, fab=100, fab_t=100, square=5000)
+_DEFAULT_LOSS = dict(natural="xent", fgsm="xent", pgd="xent", apgd="xent", apgd_t="dlr",
+                     square="margin")
+_LOSSES = dict(natural=attacks.LOSSES, fgsm=attacks.LOSSES, pgd=attacks.LOSSES,
+               apgd=("xent", "dlr", "cw"), apgd_t=("xent", "dlr", "cw"),
+               square=square.SQUARE_LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-    """One row of a robustness table (paper Tables 1 and 2).
+    """One row of a robustness table (paper Tables 1 and 2, and AutoAttack's attacks).
 
-    name: the "Method" column ("Natural", "FGSM", "PGD", "Targeted", "CW", "CW+").
-    attack: ``"natural"`` (clean inputs), ``"fgsm"`` or ``"pgd"``.
+    name: the "Method" column ("Natural", "FGSM", "PGD", "Targeted", "CW", "CW+",
+      "APGD-CE", "AutoAttack", ...).
+    attack: ``"natural"`` (clean inputs), ``"fgsm"``, ``"pgd"``; AutoAttack's
+      ``"apgd"`` (:func:`robustjax.apgd.apgd`), ``"apgd_t"``
+      (:func:`robustjax.apgd.apgd_t`), ``"fab"`` / ``"fab_t"``
+      (:func:`robustjax.fab.fab`, untargeted / targeted), ``"square"``
+      (:func:`robustjax.square.square`), or ``"autoattack"`` (the ensemble,
+      :func:`robustjax.autoattack.autoattack`, white-box only).
     norm, eps: the threat model (``"linf"`` or ``"l2"``).
-    steps, step_size, restarts, random_start: PGD settings (FGSM: one step of eps).
-    loss, cw_kappa: ``"xent"`` or ``"cw"`` with confidence kappa (CW: 0, CW+: 50).
-    targeted: ``"none"``; ``"all"`` (one PGD run towards every wrong class,
-      the example is broken if any run fools the model: the paper's "targeted"
-      row); ``"random"`` (one random wrong class); ``"least_likely"`` (the
-      class the source model scores lowest on the clean input).
+    steps: iterations; Square: queries. Default (None): PGD 40, APGD and FAB
+      100, Square 5000; the ensemble uses its own (100 steps, 5000 queries).
+    step_size, random_start: PGD's (FGSM: one step of eps); the other attacks
+      choose their own steps.
+    restarts: random restarts (PGD, APGD, FAB; Square and the ensemble: 1).
+    loss, cw_kappa: the loss the attack ascends. Default (None): ``"xent"``;
+      APGD-T ``"dlr"``; Square ``"margin"``. PGD and FGSM take ``"xent"`` or
+      ``"cw"`` with confidence kappa (CW: 0, CW+: 50); APGD ``"xent"``,
+      ``"dlr"`` or ``"cw"``; Square ``"margin"`` or ``"ce"``; FAB none.
+    targeted: PGD only: ``"none"``; ``"all"`` (one PGD run towards every wrong
+      class, the example is broken if any run fools the model: the paper's
+      "targeted" row); ``"random"`` (one random wrong class); ``"least_likely"``
+      (the class the source model scores lowest on the clean input).
+    targets: APGD-T and FAB-T: the classes ranked 2 ... targets + 1 (AutoAttack: 9).
+    version: the ensemble's version, ``"standard"`` or ``"plus"``.
     source: the model the examples are crafted on: ``"A"`` (white-box) or the
       name of a transfer source passed to :func:`run_suite`.
     """
@@ -57,35 +80,73 @@ class AttackSpec:
     attack: str = "pgd"
     norm: str = "linf"
     eps: float = 0.3
-    steps: int = 40
+    steps: Optional[int] = None
     step_size: float = 0.01
     restarts: int = 1
     random_start: bool = True
-    loss: str = "xent"
+    loss: Optional[str] = None
     cw_kappa: float = 0.0
     targeted: str = "none"
+    targets: int = 9
+    version: str = "standard"
     source: str = "A"
+
+    def __post_init__(self):
+        if self.steps is None:
+            object.__setattr__(self, "steps", _DEFAULT_STEPS.get(self.attack))
+        if self.loss is None:
+            object.__setattr__(self, "loss", _DEFAULT_LOSS.get(self.attack))
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
         attacks._check_choice("attack", self.attack, ATTACKS)
         attacks._check_choice("norm", self.norm, tuple(attacks.NORMS))
-        attacks._check_choice("loss", self.loss, attacks.LOSSES)
+        if self.attack in _LOSSES:
+            attacks._check_choice("loss", self.loss, _LOSSES[self.attack])
+        elif self.loss is not None:
+            raise ValueError(f"row {self.name!r}: {self.attack} takes no loss, "
+                             f"got loss={self.loss!r}")
         attacks._check_choice("targeted", self.targeted, TARGETING)
         attacks._check_scalar("eps", self.eps)
         attacks._check_scalar("cw_kappa", self.cw_kappa)
         attacks._check_int("restarts", self.restarts, 1)
-        if self.attack == "pgd":
+        if self.attack in _DEFAULT_STEPS or (self.attack == "autoattack"
+                                             and self.steps is not None):
             attacks._check_int("steps", self.steps, 1)
+        if self.attack == "pgd":
             attacks._check_scalar("step_size", self.step_size, positive=True)
-        if self.targeted != "none" and self.attack == "natural":
-            raise ValueError(f"row {self.name!r}: targeted must be 'none' for natural rows")
+        if self.targeted != "none" and self.attack != "pgd":
+            raise ValueError(f"row {self.name!r}: targeted must be 'none' for {self.attack} "
+                             f"rows (APGD-T and FAB-T choose their targets by rank)")
+        if self.attack in ("apgd_t", "fab_t"):
+            attacks._check_int("targets", self.targets, 1)
+        if self.attack in ("square", "autoattack") and self.restarts != 1:
+            raise ValueError(f"row {self.name!r}: restarts must be 1 for {self.attack} rows, "
+                             f"got {self.restarts}")
+        if self.attack == "autoattack":
+            attacks._check_choice("version", self.version, ("standard", "plus"))
+            if self.source != "A":
+                raise ValueError(f"row {self.name!r}: the AutoAttack ensemble is white-box "
+                                 f"(source 'A'), got source {self.source!r}")
         if not isinstance(self.source, str) or not self.source:
             raise ValueError(f"source must be a non-empty model name, got {self.source!r}")
 
     def row(self, accuracy: float) -> dict:
         """The results.json row (shared schema) for this spec."""
         natural = self.attack == "natural"
+        if self.attack in _AUTOATTACK_ROWS:
+            row = dict(name=self.name, attack=self.attack, norm=self.norm, eps=float(self.eps),
+                       steps=None if self.steps is None else int(self.steps), step_size=None,
+                       restarts=None if self.attack == "autoattack" else int(self.restarts),
+                       loss=self.loss,
+                       kappa=float(self.cw_kappa) if self.loss == "cw" else None,
+                       targeted="ranked" if self.attack in ("apgd_t", "fab_t") else "none",
+                       source=self.source, accuracy=float(accuracy))
+            if self.attack in ("apgd_t", "fab_t"):
+                row["targets"] = int(self.targets)
+            if self.attack == "autoattack":
+                row["version"] = self.version
+            return row
         return dict(
             name=self.name, attack=self.attack, norm=self.norm,
             eps=0.0 if natural else float(self.eps),
@@ -135,12 +196,32 @@ def make_attack(spec: AttackSpec, src_logits, target_logits,
     spec.validate()
     if spec.attack == "natural":
         return None
+    if spec.attack == "autoattack":
+        raise ValueError(f"row {spec.name!r}: the ensemble is not a per-batch attack; "
+                         "run_suite runs it through robustjax.autoattack.autoattack")
     if spec.attack == "fgsm":
         if spec.targeted != "none" or spec.norm != "linf":
             raise ValueError(f"row {spec.name!r}: FGSM rows are untargeted L-inf "
                              f"(got targeted={spec.targeted!r}, norm={spec.norm!r})")
         return lambda x, y, key: attacks.fgsm(src_logits, x, y, eps=spec.eps, loss=spec.loss,
                                               cw_kappa=spec.cw_kappa)
+    common = dict(eps=spec.eps, norm=spec.norm)
+    if spec.attack in ("apgd", "apgd_t"):
+        loss = "ce" if spec.loss == "xent" else spec.loss
+        if spec.attack == "apgd":
+            return lambda x, y, key: apgd.apgd(src_logits, x, y, key, loss=loss,
+                                               num_steps=spec.steps, restarts=spec.restarts,
+                                               cw_kappa=spec.cw_kappa, **common)
+        return lambda x, y, key: apgd.apgd_t(src_logits, x, y, key, loss=loss,
+                                             num_targets=spec.targets, num_steps=spec.steps,
+                                             restarts=spec.restarts, **common)
+    if spec.attack in ("fab", "fab_t"):
+        return lambda x, y, key: fab.fab(src_logits, x, y, key, targeted=spec.attack == "fab_t",
+                                         num_targets=spec.targets, num_steps=spec.steps,
+                                         restarts=spec.restarts, **common)
+    if spec.attack == "square":
+        return lambda x, y, key: square.square(src_logits, x, y, key, num_queries=spec.steps,
+                                               loss=spec.loss, **common)
     pgd = functools.partial(attacks.pgd, src_logits, eps=spec.eps, step_size=spec.step_size,
                             num_steps=spec.steps, norm=spec.norm, loss=spec.loss,
                             cw_kappa=spec.cw_kappa, random_start=spec.random_start,
@@ -208,17 +289,30 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
         os.makedirs(save_dir, exist_ok=True)
     rows, correct = [], []
     for i, spec in enumerate(specs):
-        attack = make_attack(spec, models[spec.source], logits_fn, num_classes)
-        fanout = (spec.restarts if spec.attack == "pgd" else 1) * (
-            num_classes - 1 if spec.targeted == "all" else 1)
-        res = evaluate.robust_accuracy(logits_fn, x, y, attack, eps=spec.eps, norm=spec.norm,
-                                       batch_size=max(1, batch_size // fanout),
-                                       key=jax.random.fold_in(key, i),
-                                       bounds=bounds, atol=atol,
-                                       keep_adversarial=bool(save_dir))
+        if spec.attack == "autoattack":
+            steps = {} if spec.steps is None else dict(num_steps=spec.steps)
+            aa = autoattack.autoattack(logits_fn, x, y, jax.random.fold_in(key, i), eps=spec.eps,
+                                       norm=spec.norm, version=spec.version,
+                                       batch_size=batch_size, bounds=bounds, atol=atol, **steps)
+            res = evaluate.RobustAccuracy(aa.robust_accuracy, aa.correct, aa.clean_accuracy,
+                                          aa.clean_correct, aa.x_adv)
+            row = dict(spec.row(aa.robust_accuracy), after=aa.accuracy_after,
+                       seconds=aa.seconds, warnings=aa.warnings)
+        else:
+            attack = make_attack(spec, models[spec.source], logits_fn, num_classes)
+            fanout = (spec.restarts if spec.attack == "pgd" else 1) * (
+                num_classes - 1 if spec.targeted == "all" else 1) * (
+                num_classes if spec.attack == "fab" else 1)  # FAB: a Jacobian per step
+            res = evaluate.robust_accuracy(logits_fn, x, y, attack, eps=spec.eps,
+                                           norm=spec.norm,
+                                           batch_size=max(1, batch_size // fanout),
+                                           key=jax.random.fold_in(key, i),
+                                           bounds=bounds, atol=atol,
+                                           keep_adversarial=bool(save_dir))
+            row = spec.row(res.accuracy)
         if save_dir:
             np.save(os.path.join(save_dir, f"row{i:02d}.npy"), res.x_adv)
-        rows.append(spec.row(res.accuracy))
+        rows.append(row)
         correct.append(res.correct)
         if progress is not None:
             progress(i, spec, res.accuracy)
@@ -237,7 +331,11 @@ def _cell(v, fmt="{}"):
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Rows of results.json laid out like the paper's tables (Method, Steps, Restarts, Source, Accuracy)."""
+    """Rows of results.json laid out like the paper's tables (Method, Steps, Restarts, Source, Accuracy).
+
+    An AutoAttack row is followed by one line per attack of the ensemble with
+    the robust accuracy after it.
+    """
     lines = ["| Method | eps | Steps | Step size | Restarts | Source | Accuracy |",
              "|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
@@ -250,6 +348,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
             "-" if fgsm_or_nat else _cell(r["restarts"]),
             "-" if r["attack"] == "natural" else r["source"],
             f"{100 * r['accuracy']:.2f}%"]) + " |")
+        for attack, acc in (r.get("after") or {}).items():
+            lines.append(f"| &nbsp;&nbsp;after {attack} | | | | | | {100 * acc:.2f}% |")
     return "\n".join(lines)
 
 

@@ -565,6 +565,7 @@ class LoadedRun(NamedTuple):
     config: TrainConfig
     params: int  # parameter count
     step: int  # training step of the checkpoint
+    variables: Any = None  # {"params": ..., "batch_stats": ...} of the checkpoint
 
 
 def load_run(workdir: str) -> LoadedRun:
@@ -584,7 +585,8 @@ def load_run(workdir: str) -> LoadedRun:
     fn = model_logits_fn(config, model, state.params, state.batch_stats)
     return LoadedRun(logits_fn=jax.jit(fn),
                      config=config, params=models.param_count(state.params),
-                     step=int(state.step))
+                     step=int(state.step),
+                     variables=dict(params=state.params, batch_stats=state.batch_stats))
 
 
 def load_model(workdir: str):

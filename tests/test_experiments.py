@@ -95,6 +95,52 @@ def test_mnist_table_entry_point(idx_dir, tmp_path):
     assert len(os.listdir(os.path.join(out, "adversarial"))) == len(rows) - 1
     p = _run("experiments.mnist_table", f"--workdir={a}", "--source_b=/nonexistent")
     assert p.returncode != 0 and "/nonexistent" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    # --suite=autoattack: natural + the AutoAttack ensemble, covered by the worst case.
+    out = str(tmp_path / "table_aa")
+    p = _run("experiments.mnist_table", f"--workdir={a}", "--examples=30",
+             "--suite=autoattack", f"--output_dir={out}", "--batch_size=30")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = _check_results(os.path.join(out, "results.json"), 3)["rows"]
+    assert [r["attack"] for r in rows] == ["natural", "autoattack", "worst_case"]
+    assert set(rows[1]["after"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert rows[2]["accuracy"] == rows[1]["accuracy"] <= rows[0]["accuracy"]
+
+
+def test_table_suites():
+    from experiments.mnist_table import table1_specs
+    from experiments.tables import suite_specs
+
+    paper = table1_specs(set())
+    assert suite_specs(paper, "paper") == paper
+    assert [s.attack for s in suite_specs(paper, "autoattack")] == ["natural", "autoattack"]
+    both = suite_specs(paper, "all")
+    assert both[:-1] == paper and both[-1].attack == "autoattack" and both[-1].eps == 0.3
+
+
+def test_autoattack_entry_point(idx_dir, tmp_path):
+    wd = str(tmp_path / "A")
+    p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
+             *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=30", "--num_steps=3",
+             "--num_queries=20", "--batch_size=16", "--eps=0.1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| AutoAttack | 0.1 |" in p.stdout and "ETA" in p.stdout
+    res = json.load(open(os.path.join(wd, "autoattack", "autoattack.json")))
+    assert {"clean_acc", "robust_acc", "accuracy_after", "eps", "norm", "version",
+            "n_examples", "seconds"} <= set(res)
+    assert res["n_examples"] == 30 and res["eps"] == 0.1 and res["norm"] == "linf"
+    assert list(res["accuracy_after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert res["robust_acc"] <= res["clean_acc"]
+    assert os.path.isfile(os.path.join(wd, "autoattack", "autoattack.md"))
+    for bad, what in (("--eps=-1", "--eps"), ("--norm=l2", "--eps is required"),
+                      ("--examples=0", "--examples")):
+        p = _run("experiments.autoattack", f"--workdir={wd}", bad)
+        assert p.returncode == 2 and what in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+    p = _run("experiments.autoattack", f"--workdir={tmp_path / 'missing'}")
+    assert p.returncode == 2 and "missing" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_cifar10_entry_points(cifar_dir, tmp_path):

@@ -14,7 +14,8 @@ from conftest import MNIST_10K, REPO, mnist_available
 def test_readme_snippet(monkeypatch):
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2  # the attack snippet, then the suite snippet that continues it
+    # The attack snippet, the suite snippet and the AutoAttack snippet, each continuing the last.
+    assert len(blocks) == 3
     namespace = {}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -29,3 +30,9 @@ def test_readme_snippet(monkeypatch):
     acc = [float(v) for v in re.findall(r"\| ([\d.]+)% \|", out.getvalue())]
     assert len(acc) == 5 and acc[-1] == min(acc) and acc[0] >= 92, out.getvalue()
     assert acc[2] < acc[0]  # PGD at eps 0.1 breaks some of the digits
+    # AutoAttack on the same digits at the same eps: at least as strong as PGD-40 there.
+    m = re.search(r"clean (\d+\.\d)%, AutoAttack (\d+\.\d)%", out.getvalue())
+    assert m, out.getvalue()
+    assert float(m.group(1)) == pytest.approx(acc[0], abs=0.1)
+    assert float(m.group(2)) <= acc[2] + 1.0
+    assert "'apgd-ce'" in out.getvalue() and "'square'" in out.getvalue()

@@ -1,0 +1,208 @@
+r"""robustjax's AutoAttack against the official one (pyautoattack 0.2.0), same model, same digits.
+
+The official code is fra31/auto-attack packaged for PyPI as ``pyautoattack``
+(the ``bench`` extra installs it). Both evaluate one trained ``MnistCNN``
+workdir: robustjax through :func:`robustjax.autoattack.autoattack`, the
+official code on the same weights copied into PyTorch (the logits are
+checked to agree). Same test digits, same batch size, same thread count, in
+one process, one after the other. Printed and written to ``--json_out``:
+
+* robust accuracy after each attack of the ensemble and at the end, for both;
+* per-example disagreement: examples one implementation leaves robust and
+  the other breaks (the attacks are randomised, so a few are expected);
+* wall time of each attack and of the whole ensemble, and the ratio
+  (pyautoattack time / robustjax time; > 1 means robustjax is faster).
+  robustjax's times include XLA compilation.
+
+Both sets of adversarial examples are validated with robustjax's checks
+(eps-ball, bounds, finite) before they count.
+
+  pip install torch==2.13.0 && pip install -e ".[bench]"     # CPU machine
+  python -m benchmarks.autoattack_compare --workdir=WORKDIR \
+      --data_dir=../shared/data/mnist-10k --examples=1000
+
+Figures in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+
+from absl import app, flags
+
+from benchmarks.torch_port import configure_xla, torch_mnist_cnn
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir of an MnistCNN model.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's).")
+_EXAMPLES = flags.DEFINE_integer("examples", 1000, "First N test examples.")
+_EPS = flags.DEFINE_float("eps", None, "Radius (default: the training eps).")
+_NORM = flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
+_VERSION = flags.DEFINE_enum("version", "standard", ["standard", "plus"], "AutoAttack version.")
+_BATCH = flags.DEFINE_integer("batch_size", 500, "Attack batch size, both implementations.")
+_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
+_XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
+                                "XLA CPU flag preset (benchmarks/torch_port.py).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
+_SKIP = flags.DEFINE_list("skip", [], "Implementations to skip: robustjax, pyautoattack.")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
+
+_NAMES = {"APGD-CE": "apgd-ce", "APGD-T": "apgd-t", "FAB-T": "fab-t", "SQUARE": "square",
+          "APGD-DLR": "apgd-dlr", "FAB": "fab"}
+
+
+class _Capture(logging.Handler):
+    """Collects pyautoattack's 'robust accuracy after X: Y% (total time Z s)' lines."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.after, self.total = {}, {}
+
+    def emit(self, record):
+        m = re.match(r"robust accuracy after ([A-Z\-]+): ([\d.]+)% \(total time ([\d.]+) s\)",
+                     record.getMessage())
+        if m:
+            name = _NAMES.get(m.group(1), m.group(1).lower())
+            self.after[name] = float(m.group(2)) / 100
+            self.total[name] = float(m.group(3))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    if _EXAMPLES.value < 1:
+        raise app.UsageError(f"--examples must be >= 1, got {_EXAMPLES.value}")
+    for s in _SKIP.value:
+        if s not in ("robustjax", "pyautoattack"):
+            raise app.UsageError(f"--skip takes robustjax and/or pyautoattack, got {s!r}")
+    threads = _THREADS.value or os.cpu_count()
+    added_flags = configure_xla(_XLA_PRESET.value, _THREADS.value)
+
+    import jax
+    import numpy as np
+    import torch
+
+    from experiments.log_setup import setup_logging
+    from robustjax import autoattack, data, evaluate, train
+
+    setup_logging()
+    torch.set_num_threads(threads)
+    run = train.load_run(_WORKDIR.value)
+    if run.config.dataset not in ("mnist", "fashion_mnist"):
+        raise app.UsageError(f"--workdir must hold an MnistCNN model, got {run.config.dataset}")
+    eps = run.config.eps if _EPS.value is None else _EPS.value
+    x, y = data.load(run.config.dataset, "test", _DATA_DIR.value or run.config.data_dir)
+    n = min(_EXAMPLES.value, len(x))
+    x, y = x[:n].astype(np.float32) / 255.0, y[:n].astype(np.int64)
+    net = torch_mnist_cnn({"params": run.variables["params"]})
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        diff = float(np.abs(np.asarray(run.logits_fn(x[:100])) - net(xt[:100]).numpy()).max())
+    if diff > 1e-3:
+        raise SystemExit(f"the PyTorch port disagrees with the model (max logit difference "
+                         f"{diff}); the comparison would not be like for like")
+    print(f"# AutoAttack {_VERSION.value}, {_NORM.value} eps {eps:g}, {n} test digits, "
+          f"{run.config.dataset} MnistCNN({run.config.width}) from {_WORKDIR.value}")
+    print(f"# JAX {jax.__version__} ({jax.default_backend()}, XLA flags added: "
+          f"{added_flags or 'none'}); PyTorch {torch.__version__}; threads {threads}; "
+          f"batch {_BATCH.value}; max logit difference {diff:.1e}")
+    out = dict(examples=n, eps=eps, norm=_NORM.value, version=_VERSION.value,
+               threads=threads, batch_size=_BATCH.value, jax=jax.__version__,
+               torch=torch.__version__, xla_flags=added_flags, workdir=_WORKDIR.value)
+
+    if "robustjax" not in _SKIP.value:
+        t0 = time.time()
+        res = autoattack.autoattack(run.logits_fn, x, y, jax.random.PRNGKey(_SEED.value),
+                                    eps=eps, norm=_NORM.value, version=_VERSION.value,
+                                    batch_size=_BATCH.value)
+        out["robustjax"] = dict(seconds=time.time() - t0, clean=res.clean_accuracy,
+                                robust=res.robust_accuracy, after=res.accuracy_after,
+                                attack_seconds=res.seconds, correct=_bits(res.correct))
+
+    if "pyautoattack" not in _SKIP.value:
+        from pyautoattack import AutoAttack
+
+        cap = _Capture()
+        aa_log = logging.getLogger("auto-attack")
+        aa_log.setLevel(logging.DEBUG)
+        aa_log.addHandler(cap)
+        adversary = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[_NORM.value], eps=eps,
+                               version=_VERSION.value, device="cpu", seed=_SEED.value)
+        t0 = time.time()
+        x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y),
+                                                     batch_size=_BATCH.value)
+        seconds = time.time() - t0
+        x_adv = np.ascontiguousarray(x_adv.numpy().transpose(0, 2, 3, 1))
+        # The official examples must pass robustjax's checks too before they count.
+        checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
+            run.logits_fn, x, y.astype(np.int32), x_adv, norm=_NORM.value))
+        evaluate.validate_checks(checks, eps=eps, atol=1e-5, norm=_NORM.value,
+                                 bounds=(0.0, 1.0))
+        correct = checks["clean_ok"] & checks["adv_ok"]
+        prev, attack_seconds = 0.0, {}
+        for k, v in cap.total.items():
+            attack_seconds[k], prev = v - prev, v
+        out["pyautoattack"] = dict(seconds=seconds, clean=float(checks["clean_ok"].mean()),
+                                   robust=float(correct.mean()), after=cap.after,
+                                   attack_seconds=attack_seconds, correct=_bits(correct))
+
+    _report(out)
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def _bits(correct) -> str:
+    """Per-example robustness as a string of 0/1 (example i at position i)."""
+    return "".join("1" if c else "0" for c in correct)
+
+
+def _report(out):
+    import numpy as np
+
+    rj, pa = out.get("robustjax"), out.get("pyautoattack")
+    names = list((rj or pa)["after"])
+    print("\n| attack | robustjax acc. | pyautoattack acc. | robustjax s | pyautoattack s "
+          "| speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+
+    def cell(d, k, fmt):
+        return fmt.format(d[k]) if d is not None and k is not None else "-"
+
+    for name in ["clean"] + names + ["total"]:
+        if name == "clean":
+            accs = [cell(d, "clean", "{:.2%}") for d in (rj, pa)]
+            secs = ["", ""]
+        elif name == "total":
+            accs = [cell(d, "robust", "{:.2%}") for d in (rj, pa)]
+            secs = [cell(d, "seconds", "{:.1f}") for d in (rj, pa)]
+        else:
+            accs = [("{:.2%}".format(d["after"][name]) if d and name in d["after"] else "-")
+                    for d in (rj, pa)]
+            secs = [("{:.1f}".format(d["attack_seconds"][name])
+                     if d and name in d["attack_seconds"] else "-") for d in (rj, pa)]
+        ratio = "-"
+        if rj and pa:
+            a = rj["seconds"] if name == "total" else rj["attack_seconds"].get(name)
+            b = pa["seconds"] if name == "total" else pa["attack_seconds"].get(name)
+            if a and b:
+                ratio = f"{b / a:.2f}x"
+        print(f"| {name} | {accs[0]} | {accs[1]} | {secs[0]} | {secs[1]} | "
+              f"{ratio if name != 'clean' else ''} |")
+    if rj and pa:
+        a, b = (np.frombuffer(d["correct"].encode(), np.uint8) == ord("1") for d in (rj, pa))
+        out["disagreement"] = dict(robust_only_in_robustjax=int(np.sum(a & ~b)),
+                                   robust_only_in_pyautoattack=int(np.sum(~a & b)))
+        print(f"\nper-example disagreement: {int(np.sum(a & ~b))} examples robust under "
+              f"robustjax's AutoAttack but broken by pyautoattack's, {int(np.sum(~a & b))} "
+              f"the other way round (of {len(a)}); difference "
+              f"{100 * (rj['robust'] - pa['robust']):+.2f} points (robustjax - pyautoattack)")
+
+
+if __name__ == "__main__":
+    app.run(main)
