@@ -110,6 +110,30 @@ def pgd_baselines(natural_model) -> PgdBaselines:
     return PgdBaselines(eps, n, run(1), run(5))
 
 
+def random_mlp(key, in_shape, num_classes=10):
+    """A fixed random two-layer tanh network: a smooth test model for attacks."""
+    d = int(np.prod(in_shape))
+    k1, k2 = jax.random.split(key)
+    w1 = jax.random.normal(k1, (d, 32)) / np.sqrt(d)
+    w2 = jax.random.normal(k2, (32, num_classes)) / np.sqrt(32)
+    return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2 * 5.0
+
+
+def assert_valid_adversarial(x_adv, x, *, eps, norm, bounds=(0.0, 1.0)):
+    """Shape, dtype, finite, inside bounds and inside the eps-ball of x (float slack 1e-5)."""
+    import chex
+
+    from robustjax import attacks
+
+    chex.assert_equal_shape([x_adv, x])
+    chex.assert_type(x_adv, x.dtype)
+    chex.assert_tree_all_finite(x_adv)
+    dist = attacks.NORMS[norm].distance(x_adv - x)
+    assert float(dist.max()) <= eps + 1e-5, float(dist.max())
+    assert float(x_adv.min()) >= bounds[0] and float(x_adv.max()) <= bounds[1]
+    return dist
+
+
 def write_idx(path, arr):
     """Writes ``arr`` (uint8) as a gzip IDX file, the official MNIST format."""
     import gzip

@@ -2,7 +2,6 @@
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,18 +10,12 @@ import pytest
 from robustjax import attacks
 from robustjax.evaluate import robust_accuracy
 
+from conftest import assert_valid_adversarial, random_mlp
+
 
 # ---------------------------------------------------------------------------
 # Helpers: a random dense model and a linear model
 # ---------------------------------------------------------------------------
-
-def _random_mlp(key, in_shape, num_classes=10):
-    d = int(np.prod(in_shape))
-    k1, k2 = jax.random.split(key)
-    w1 = jax.random.normal(k1, (d, 32)) / np.sqrt(d)
-    w2 = jax.random.normal(k2, (32, num_classes)) / np.sqrt(32)
-    return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2 * 5.0
-
 
 def _linear_two_class(key, in_shape):
     """Logits (0, d . x): the margin of class 0 over class 1 is linear in x."""
@@ -35,7 +28,7 @@ def _linear_two_class(key, in_shape):
 def random_batch():
     x = jax.random.uniform(jax.random.PRNGKey(0), (16, 8, 8, 1))
     y = jax.random.randint(jax.random.PRNGKey(1), (16,), 0, 10)
-    return x, y, _random_mlp(jax.random.PRNGKey(2), (8, 8, 1))
+    return x, y, random_mlp(jax.random.PRNGKey(2), (8, 8, 1))
 
 
 # ---------------------------------------------------------------------------
@@ -49,12 +42,7 @@ def test_invariants(random_batch, norm, eps, random_start, restarts):
     x, y, f = random_batch
     x_adv = attacks.pgd(f, x, y, jax.random.PRNGKey(3), eps=eps, step_size=eps / 4,
                         num_steps=10, norm=norm, random_start=random_start, restarts=restarts)
-    chex.assert_equal_shape([x_adv, x])
-    chex.assert_type(x_adv, x.dtype)
-    chex.assert_tree_all_finite(x_adv)
-    dist = attacks.NORMS[norm].distance(x_adv - x)
-    assert float(dist.max()) <= eps + 1e-5
-    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    dist = assert_valid_adversarial(x_adv, x, eps=eps, norm=norm)
     assert float(dist.max()) > 0.5 * eps  # it actually moved
 
 

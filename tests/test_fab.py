@@ -1,6 +1,5 @@
 """FAB and FAB-T (Croce & Hein 2020): exact projections, closed-form minimal perturbations, invariants."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +7,8 @@ import pytest
 from scipy.optimize import linprog, minimize
 
 from robustjax import attacks, fab
+
+from conftest import assert_valid_adversarial
 
 
 # ---------------------------------------------------------------------------
@@ -136,10 +137,7 @@ def test_invariants(norm, eps, targeted, restarts):
     run = jax.jit(lambda x, y, k: fab.fab(f, x, y, k, eps=eps, norm=norm, targeted=targeted,
                                           num_targets=3, restarts=restarts, num_steps=10))
     out = run(x, y, jax.random.PRNGKey(1))
-    chex.assert_equal_shape([out, x])
-    chex.assert_type(out, x.dtype)
-    assert float(attacks.NORMS[norm].distance(out - x).max()) <= eps + 1e-6
-    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert_valid_adversarial(out, x, eps=eps, norm=norm)
     np.testing.assert_array_equal(out, run(x, y, jax.random.PRNGKey(1)))
     assert np.any(np.asarray(jnp.argmax(f(out), -1) != y)), "eps should break some"
 

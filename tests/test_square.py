@@ -1,6 +1,5 @@
 """The Square attack (Andriushchenko et al. 2020): schedule, patterns, invariants, no gradients."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +7,8 @@ import pytest
 
 from robustjax import attacks, square
 from robustjax.evaluate import robust_accuracy
+
+from conftest import assert_valid_adversarial
 
 
 def test_p_schedule_is_the_papers():
@@ -57,12 +58,7 @@ def test_invariants(batch, norm, eps):
     run = jax.jit(lambda x, y, k: square.square(f, x, y, k, eps=eps, norm=norm,
                                                 num_queries=200))
     out = run(x, y, jax.random.PRNGKey(1))
-    chex.assert_equal_shape([out, x])
-    chex.assert_type(out, x.dtype)
-    chex.assert_tree_all_finite(out)
-    dist = attacks.NORMS[norm].distance(out - x)
-    assert float(dist.max()) <= eps + 1e-5
-    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert_valid_adversarial(out, x, eps=eps, norm=norm)
     np.testing.assert_array_equal(out, run(x, y, jax.random.PRNGKey(1)))
     assert not np.array_equal(out, run(x, y, jax.random.PRNGKey(2)))
     if norm == "linf":  # every changed pixel sits at a vertex of the ball or at the bounds
