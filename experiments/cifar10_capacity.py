@@ -3,8 +3,9 @@ r"""CIFAR-10 capacity experiment (Madry et al., Section 5 "Capacity", Figure 4, 
 For one CifarResNet width trains a natural, an FGSM-trained and a PGD-7-trained
 model with the CIFAR-10 recipe of experiments.cifar10 (same flags and
 defaults) and evaluates each against natural, FGSM and PGD adversaries at
-eps = 8/255. Rows go to WORKDIR/width_W/results.json, the plot to
-WORKDIR/capacity.png (one panel per training method).
+eps = 8/255. Rows go to WORKDIR/width_W/results.json and, combined, to
+WORKDIR/results.json; the plot to
+WORKDIR/capacity.png (one panel per training method, and the training loss).
 
   python -m experiments.cifar10_capacity --width=1 --workdir=workdirs/cifar_capacity \
       --data_dir=DIR

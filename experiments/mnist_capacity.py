@@ -4,9 +4,11 @@ For one width w (filters 2w / 4w, FC 64w) trains three models, naturally, with
 FGSM and with PGD. It then evaluates each against natural, FGSM and PGD
 adversaries: one column group of the paper's figure. Rows go to
 WORKDIR/width_W/results.json (the shared schema, plus ``width`` and
-``train_attack`` per row). Once any widths are done, WORKDIR/capacity.png
-plots accuracy against capacity, one panel per training method, as in the
-paper. Each model lives in its own workdir, so rerunning resumes.
+``train_attack`` per row, and each method's final training loss), combined
+over the widths done so far in WORKDIR/results.json. WORKDIR/capacity.png
+plots accuracy against capacity, one panel per training method, and the
+average training loss, as in the paper. Each model lives in its own workdir,
+so rerunning resumes.
 
   python -m experiments.mnist_capacity --width=4 --workdir=workdirs/capacity --data_dir=DIR
   python -m experiments.mnist_capacity --widths=1,2,4,8,16 --workdir=workdirs/capacity \

@@ -9,6 +9,8 @@ Modules:
   fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
   square   -- the gradient-free Square attack (Andriushchenko et al., 2020).
   autoattack -- the AutoAttack ensemble (standard, plus, rand, custom versions).
+  landscape -- PGD from many random starts: the loss landscape of Section 3 (Figures 1-2).
+  sweeps   -- accuracy against eps with eps traced, and the gradient-masking checks.
   suite    -- attack suites: the paper's Tables 1 and 2 as data, with the
               per-example worst case over all rows (Section 5).
   models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet (Flax Linen).
@@ -19,15 +21,15 @@ Modules:
               resume, load_model.
 """
 
-from robustjax import (apgd, attacks, augment, autoattack, data, evaluate, fab, layers, models,
-                       square, suite, train)
+from robustjax import (apgd, attacks, augment, autoattack, data, evaluate, fab, landscape, layers,
+                       models, square, suite, sweeps, train)
 from robustjax.attacks import fgsm, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
 from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
-__all__ = ["apgd", "attacks", "augment", "autoattack", "data", "evaluate", "fab", "layers",
-           "models", "square", "suite", "train",
+__all__ = ["apgd", "attacks", "augment", "autoattack", "data", "evaluate", "fab", "landscape",
+           "layers", "models", "square", "suite", "sweeps", "train",
            "fgsm", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
            "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

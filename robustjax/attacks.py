@@ -37,7 +37,7 @@ import numpy as np
 __all__ = [
     "LogitsFn", "Norm", "LINF", "L2", "NORMS", "LOSSES",
     "xent_loss", "cw_loss", "margin", "attack_objective", "is_fooled",
-    "fgsm", "pgd", "select_best_restart",
+    "fgsm", "pgd", "pgd_step", "select_best_restart",
 ]
 
 Array = jax.Array
@@ -295,14 +295,29 @@ def _pgd_single(logits_fn, objective, geometry: Norm, x, y, key, *, eps, schedul
         x_adv = x
 
     def step(i, x_adv):
-        grad = _objective_grad(logits_fn, objective, x_adv, y)
-        x_new = x_adv + schedule(i) * geometry.ascent(grad)
-        delta = geometry.project(x_new - x, eps)
-        return jnp.clip(x + delta, lo, hi).astype(x.dtype)
+        return pgd_step(logits_fn, objective, geometry, x, y, x_adv, schedule(i), eps=eps,
+                        lo=lo, hi=hi)[1]
 
     if num_steps == 0:
         return x_adv
     return jax.lax.fori_loop(0, num_steps, step, x_adv, unroll=min(unroll, num_steps))
+
+
+def pgd_step(logits_fn, objective, geometry: Norm, x, y, x_adv, step_size, *, eps, lo, hi):
+    """One PGD iteration (Section 2.1): ``(objective at x_adv [B], next iterate)``.
+
+    The next iterate is ``clip(x + Pi_eps(x_adv + step_size * ascent(grad) - x))``.
+    The objective value comes with the gradient at no extra cost; the loss
+    landscape (:mod:`robustjax.landscape`) records it along each trajectory.
+    """
+    def total(z):
+        value = objective(_checked_logits(logits_fn, z), y)
+        return jnp.sum(value), value
+
+    grad, value = jax.grad(total, has_aux=True)(x_adv)
+    x_new = x_adv + step_size * geometry.ascent(grad)
+    delta = geometry.project(x_new - x, eps)
+    return value, jnp.clip(x + delta, lo, hi).astype(x.dtype)
 
 
 def select_best_restart(logits_fn: LogitsFn, x_advs: Array, y: Array, *,

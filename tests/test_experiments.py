@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -63,6 +64,13 @@ def test_capacity_entry_point(idx_dir, tmp_path):
     res = _check_results(os.path.join(wd, "width_1", "results.json"), 12)  # 3 models x 4
     assert {r["train_attack"] for r in res["rows"]} == {"none", "fgsm", "pgd"}
     assert os.path.getsize(os.path.join(wd, "capacity.png")) > 10_000
+    sweep = json.load(open(os.path.join(wd, "results.json")))  # combined over widths
+    assert sweep["widths"] == [1] and len(sweep["rows"]) == 12
+    losses = sweep["training_loss"]["1"]
+    assert set(losses) == {"none", "fgsm", "pgd"} and all(v > 0 for v in losses.values())
+    last = [json.loads(line) for line in open(os.path.join(wd, "width_1", "pgd",
+                                                            "metrics.jsonl"))][-1]
+    assert losses["pgd"] == pytest.approx(last["loss"])  # 3 steps: the last 10% is one record
     p = _run("experiments.mnist_capacity", "--width=3", f"--workdir={wd}",
              f"--data_dir={idx_dir}", *TINY)
     assert p.returncode != 0 and "width must be one of" in p.stderr
@@ -118,22 +126,32 @@ def test_table_suites():
     assert both[:-1] == paper and both[-1].attack == "autoattack" and both[-1].eps == 0.3
 
 
-def test_autoattack_entry_point(idx_dir, tmp_path):
-    wd = str(tmp_path / "A")
-    p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
-             *TINY)
-    assert p.returncode == 0, p.stderr[-3000:]
+@pytest.fixture(scope="module")
+def tiny_runs(idx_dir, tmp_path_factory):
+    """Two tiny trained workdirs: PGD-trained ("pgd") and naturally trained ("none")."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for method in ("pgd", "none"):
+        runs[method] = str(root / method)
+        p = _run("experiments.mnist", f"--workdir={runs[method]}", f"--data_dir={idx_dir}",
+                 "--width=1", f"--train_attack={method}", *TINY)
+        assert p.returncode == 0, p.stderr[-3000:]
+    return runs
+
+
+def test_autoattack_entry_point(tiny_runs, tmp_path):
+    wd = tiny_runs["pgd"]
     p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=30", "--num_steps=3",
-             "--num_queries=20", "--batch_size=16", "--eps=0.1")
+             "--num_queries=20", "--batch_size=16", "--eps=0.1", f"--output_dir={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| AutoAttack | 0.1 |" in p.stdout and "ETA" in p.stdout
-    res = json.load(open(os.path.join(wd, "autoattack", "autoattack.json")))
+    res = json.load(open(os.path.join(tmp_path, "autoattack.json")))
     assert {"clean_acc", "robust_acc", "accuracy_after", "eps", "norm", "version",
             "n_examples", "seconds"} <= set(res)
     assert res["n_examples"] == 30 and res["eps"] == 0.1 and res["norm"] == "linf"
     assert list(res["accuracy_after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert res["robust_acc"] <= res["clean_acc"]
-    assert os.path.isfile(os.path.join(wd, "autoattack", "autoattack.md"))
+    assert os.path.isfile(os.path.join(tmp_path, "autoattack.md"))
     for bad, what in (("--eps=-1", "--eps"), ("--norm=l2", "--eps is required"),
                       ("--examples=0", "--examples")):
         p = _run("experiments.autoattack", f"--workdir={wd}", bad)
@@ -141,6 +159,57 @@ def test_autoattack_entry_point(idx_dir, tmp_path):
         assert len(p.stderr.strip().splitlines()) == 1
     p = _run("experiments.autoattack", f"--workdir={tmp_path / 'missing'}")
     assert p.returncode == 2 and "missing" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_loss_landscape_entry_point(tiny_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    p = _run("experiments.loss_landscape", f"--workdir={tiny_runs['pgd']}",
+             f"--natural_workdir={tiny_runs['none']}", "--restarts=6", "--examples=2",
+             "--steps=3", "--chunk_size=4", "--trajectories=3", "--bins=5",
+             f"--output_dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "restarts/s" in p.stdout and "ETA" in p.stdout
+    res = json.load(open(tmp_path / "landscape.json"))
+    assert [m["train_attack"] for m in res["models"]] == ["pgd", "none"]
+    finals = np.load(tmp_path / "landscape.npz")
+    for k, m in enumerate(res["models"]):
+        assert len(m["examples"]) == 2
+        for i, ex in enumerate(m["examples"]):
+            assert sum(ex["histogram"]["counts"]) == 6  # every restart counted once
+            assert np.asarray(ex["trajectories"]).shape == (3, 4)
+            assert ex["max"] == pytest.approx(float(finals[f"final_{k}"][i].max()), rel=1e-6)
+            assert ex["trajectories"][0][-1] == pytest.approx(
+                float(finals[f"final_{k}"][i][0]), rel=1e-6)
+    for png in ("loss_trajectories.png", "loss_histograms.png"):
+        assert os.path.getsize(tmp_path / png) > 5_000
+    p = _run("experiments.loss_landscape", f"--workdir={tiny_runs['pgd']}", "--restarts=0")
+    assert p.returncode != 0 and "--restarts" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_eps_sweep_entry_point(tiny_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    p = _run("experiments.eps_sweep", f"--workdir={tiny_runs['pgd']}",
+             f"--natural_workdir={tiny_runs['none']}", "--norm=l2", "--eps=0,1,0.5,8",
+             "--attacks=pgd,square", "--examples=20", "--num_steps=2", "--num_queries=10",
+             "--batch_size=16", f"--output_dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "eps0_equals_clean (pgd): ok" in p.stdout
+    res = json.load(open(tmp_path / "eps_sweep_l2.json"))
+    assert res["n_examples"] == 20 and len(res["models"]) == 2
+    for m in res["models"]:
+        for name, c in m["curves"].items():
+            assert c["eps"] == [0, 0.5, 1, 8]  # sorted
+            assert c["accuracy"][0] == m["clean_accuracy"]
+            assert [row.count("1") / 20 for row in c["correct"]] == pytest.approx(c["accuracy"])
+        checks = {(c["check"], c["attack"]): c["passed"] for c in m["checks"]}
+        assert checks[("eps0_equals_clean", "pgd")] and checks[("eps0_equals_clean", "square")]
+        assert not any(k[0] == "gradient_free_not_stronger" for k in checks)  # L2 sweep
+    assert os.path.getsize(tmp_path / "eps_sweep_l2.png") > 5_000
+    assert "| square |" in open(tmp_path / "eps_sweep_l2.md").read()
+    for bad, what in (("--attacks=cw", "--attacks"), ("--eps=0,x", "--eps")):
+        p = _run("experiments.eps_sweep", f"--workdir={tiny_runs['pgd']}", bad)
+        assert p.returncode == 2 and what in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
 
 
 def test_cifar10_entry_points(cifar_dir, tmp_path):
