@@ -2,11 +2,11 @@
 # The paper's figures on the 8k/2k real-MNIST subset, on a CPU (issue 10).
 #   bash benchmarks/figures_mnist10k_cpu.sh ROOT
 # Data: $MNIST_DIR (default ../shared/data/mnist-10k). Every step resumes or is redone
-# quickly, so rerunning after an interruption is safe. About 70 minutes on 2 cores.
+# quickly, so rerunning after an interruption is safe. About 90 minutes on 2 cores.
 #   ROOT/pgd, ROOT/natural   the CPU recipe (benchmarks/mnist10k_cpu.sh), PGD and natural training
 #   ROOT/capacity            widths 1, 2, 4, 8 x natural / FGSM / PGD training, shortened to
 #                            3000 steps each (Madry: 100k steps, widths up to 16)
-#   ROOT/pgd/loss_landscape  Figures 1-2: 10^4 restarts of PGD-40 on 5 test digits, both models
+#   ROOT/pgd/loss_landscape  Figures 1-2: 10^4 restarts of PGD-100 on 5 test digits, both models
 #   ROOT/pgd/eps_sweep       accuracy against L-inf and L2 eps, PGD-40, APGD-40 and Square with
 #                            1000 queries, 500 test digits, both models
 # The PNGs are copied to docs/figures/ (the README shows them).
@@ -24,7 +24,7 @@ python -m experiments.mnist_capacity --widths=1,2,4,8 --workdir="$root/capacity"
   --steps=3000 --log_every=500 --checkpoint_every=1000 --eval_examples=-1 \
   --eval_attack_steps=40
 python -m experiments.loss_landscape --workdir="$root/pgd" --natural_workdir="$root/natural" \
-  --data_dir="$data_dir" --restarts=10000 --examples=5 --steps=40 --chunk_size=500
+  --data_dir="$data_dir" --restarts=10000 --examples=5 --steps=100 --chunk_size=500
 for norm in linf l2; do
   python -m experiments.eps_sweep --workdir="$root/pgd" --natural_workdir="$root/natural" \
     --data_dir="$data_dir" --norm=$norm --attacks=pgd,apgd,square --examples=500 \

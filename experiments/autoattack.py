@@ -42,6 +42,11 @@ flags.DEFINE_integer("num_queries", 5000, "Square's queries (AutoAttack: 5000)."
 flags.DEFINE_string("output_dir", None, "Where autoattack.json and .md go (default: "
                     "WORKDIR/autoattack).")
 FLAGS = flags.FLAGS
+flags.register_validator("eps", lambda v: v is None or v >= 0, message="--eps must be >= 0")
+flags.register_validator("examples", lambda v: v == -1 or v >= 1,
+                         message="--examples must be -1 (all) or positive")
+for _name in ("batch_size", "num_steps", "num_queries"):
+    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 
 
 @one_line_errors
@@ -50,11 +55,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir (the evaluated model's training workdir) is required")
-    if FLAGS.examples == 0 or FLAGS.examples < -1:
-        raise app.UsageError(f"--examples must be -1 (all) or positive, got {FLAGS.examples}")
-    for name in ("batch_size", "num_steps", "num_queries"):
-        if FLAGS[name].value < 1:
-            raise app.UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}")
     setup_logging()
     import jax
     import numpy as np
@@ -66,8 +66,6 @@ def main(argv):
     if FLAGS.eps is None and FLAGS.norm == "l2":
         raise app.UsageError("--eps is required for --norm=l2 (the training eps is L-inf)")
     eps = cfg.eps if FLAGS.eps is None else FLAGS.eps
-    if eps < 0:
-        raise app.UsageError(f"--eps must be >= 0, got {eps}")
     x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
     n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
     x, y = x[:n].astype(np.float32) / 255.0, y[:n]

@@ -27,6 +27,7 @@ Width 1 (--width=1, "simple", 0.46M parameters) is about 25x cheaper.
 
 from absl import app
 
+from experiments.cli import one_line_errors
 from experiments import common
 from robustjax.train import train_and_evaluate
 
@@ -38,6 +39,7 @@ CIFAR_DEFAULTS = dict(dataset="cifar10", width=10, eps=8 / 255, attack_steps=7,
                       eval_attack_step_size=2 / 255, eval_batch_size=200)
 
 
+@one_line_errors
 def main(argv):
     workdir = common.start(argv, datasets=("cifar10",))
     train_and_evaluate(common.config_from_flags(), workdir)

@@ -18,11 +18,13 @@ helps robustness only with PGD training, and natural accuracy drops with it.
 
 from absl import app
 
+from experiments.cli import one_line_errors
 from experiments import capacity, cifar10, common
 
 WIDTHS = (1, 2, 4, 8, 10, 16)
 
 
+@one_line_errors
 def main(argv):
     capacity.main(argv, datasets=("cifar10",), title="CIFAR-10", widths=WIDTHS)
 

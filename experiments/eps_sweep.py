@@ -34,7 +34,7 @@ from absl import app, flags
 
 from experiments import figures
 from experiments.cli import one_line_errors
-from experiments.log_setup import setup_logging
+from robustjax.sweeps import SWEEP_ATTACKS
 
 DEFAULT_EPS = {
     ("mnist", "linf"): [0, .05, .1, .15, .2, .25, .3, .35, .4, .5],
@@ -62,6 +62,10 @@ log = logging.getLogger("robustjax.figures")
 
 for _name in ("num_steps", "num_queries", "batch_size"):
     flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
+flags.register_validator("examples", lambda v: v == -1 or v >= 1,
+                         message="--examples must be -1 (all) or positive")
+flags.register_validator("attacks", lambda v: bool(v) and set(v) <= set(SWEEP_ATTACKS),
+                         message=f"--attacks must be a list from {','.join(SWEEP_ATTACKS)}")
 
 
 def _eps_list(dataset: str, norm: str) -> list[float]:
@@ -116,21 +120,15 @@ def markdown(result: dict) -> str:
 
 @one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
+    models, x, y = figures.start(argv, workdir=FLAGS.workdir,
+                                 natural_workdir=FLAGS.natural_workdir,
+                                 data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
     from robustjax import sweeps
 
-    bad = [a for a in FLAGS.attacks if a not in sweeps.SWEEP_ATTACKS]
-    if bad or not FLAGS.attacks:
-        raise app.UsageError(f"--attacks must be a list from {','.join(sweeps.SWEEP_ATTACKS)}, "
-                             f"got {','.join(FLAGS.attacks)}")
-    models = figures.load_models(FLAGS.workdir, FLAGS.natural_workdir)
     cfg = models[0].run.config
     eps = _eps_list(cfg.dataset, FLAGS.norm)
-    x, y = figures.test_data(models[0].run, FLAGS.data_dir, FLAGS.examples)
     key = jax.random.PRNGKey(FLAGS.seed)
     result = dict(dataset=cfg.dataset, split="test", norm=FLAGS.norm, n_examples=len(x),
                   attacks=list(FLAGS.attacks), num_steps=FLAGS.num_steps,

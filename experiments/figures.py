@@ -14,11 +14,24 @@ from typing import NamedTuple
 import numpy as np
 from absl import app
 
+from experiments.log_setup import setup_logging
+
 
 class Model(NamedTuple):
     label: str      # "adversarial" / "natural", as in the figures' legends
     workdir: str
     run: object     # train.LoadedRun
+
+
+def start(argv, *, workdir: str, natural_workdir: str | None, data_dir: str | None,
+          examples: int):
+    """Common start of a figure command: no stray arguments, logging; the models, test data."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    models = load_models(workdir, natural_workdir)
+    x, y = test_data(models[0].run, data_dir, examples)
+    return models, x, y
 
 
 def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:

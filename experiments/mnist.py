@@ -26,10 +26,12 @@ model: experiments.mnist_table.
 
 from absl import app
 
+from experiments.cli import one_line_errors
 from experiments import common
 from robustjax.train import train_and_evaluate
 
 
+@one_line_errors
 def main(argv):
     workdir = common.start(argv, datasets=("mnist", "fashion_mnist"))
     train_and_evaluate(common.config_from_flags(), workdir)

@@ -23,9 +23,11 @@ high accuracy even naturally.
 
 from absl import app
 
+from experiments.cli import one_line_errors
 from experiments import capacity
 
 
+@one_line_errors
 def main(argv):
     capacity.main(argv, datasets=("mnist", "fashion_mnist"), title="MNIST")
 

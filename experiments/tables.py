@@ -1,4 +1,9 @@
-"""Shared flags and runner of the table entry points (paper Tables 1 and 2)."""
+"""Shared flags and runner of the table entry points (paper Tables 1 and 2).
+
+Each finished row is kept in OUTPUT_DIR/rows (robustjax.rowstore): an
+interrupted table resumes when the same command is rerun, skipping the rows
+already done, with the same result as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ flags.DEFINE_string("data_dir", None, "Raw dataset files (default: the data_dir 
 flags.DEFINE_integer("examples", -1, "Test examples to evaluate (-1: the whole test split).")
 flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
 flags.DEFINE_integer("seed", 0, "Seed of the random starts and targets.")
-flags.DEFINE_string("output_dir", None, "Where results.json, results.md and adversarial "
-                    "examples go (default: WORKDIR/table).")
+flags.DEFINE_string("output_dir", None, "Where results.json, results.md, the finished rows "
+                    "(rows/; a rerun of the same command skips them) and adversarial examples "
+                    "go (default: WORKDIR/table).")
 flags.DEFINE_bool("save_adversarial", False, "Save each row's adversarial examples as "
                   "OUTPUT_DIR/adversarial/rowNN.npy.")
 flags.DEFINE_enum("suite", "paper", ["paper", "autoattack", "all"],
@@ -30,6 +36,9 @@ flags.DEFINE_enum("suite", "paper", ["paper", "autoattack", "all"],
                   "('autoattack'), or both ('all'); the worst case covers every row.")
 
 SUITES = ("paper", "autoattack", "all")
+flags.register_validator("examples", lambda v: v == -1 or v >= 1,
+                         message="--examples must be -1 (all) or positive")
+flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
 
 
 def suite_specs(paper_specs: list, which: str) -> list:
@@ -52,8 +61,6 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     setup_logging()
     if not FLAGS.workdir:
         raise app.UsageError("--workdir (the evaluated model's training workdir) is required")
-    if FLAGS.examples == 0 or FLAGS.examples < -1:
-        raise app.UsageError(f"--examples must be -1 (all) or positive, got {FLAGS.examples}")
     run_a = train.load_run(FLAGS.workdir)
     cfg = run_a.config
     if cfg.dataset not in dataset_family:
@@ -84,7 +91,7 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
                           sources={k: v.logits_fn for k, v in loaded.items()},
                           batch_size=FLAGS.batch_size, key=jax.random.PRNGKey(FLAGS.seed),
                           save_dir=os.path.join(out, "adversarial") if FLAGS.save_adversarial
-                          else None, progress=progress)
+                          else None, resume_dir=os.path.join(out, "rows"), progress=progress)
     results = dict(
         dataset=cfg.dataset, split="test", n=int(n),
         model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.width,

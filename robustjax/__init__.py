@@ -17,19 +17,25 @@ Modules:
   layers   -- convolution and pooling whose input gradients are fast inside lax.fori_loop.
   data     -- the official raw dataset files, read with NumPy.
   augment  -- on-device pad-crop and flip augmentation (Section 4, CIFAR-10).
-  train    -- adversarial training (Danskin step), sharding, bf16, checkpoints,
-              resume, load_model.
+  config   -- TrainConfig: every field of a training run, defined once.
+  workdir  -- the run directory: config.json, lock, metrics, checkpoints (damaged
+              ones moved aside), load_run / load_model.
+  train    -- adversarial training (Danskin step), sharding, bf16, the loop with
+              preemption and divergence handling.
+  rowstore -- finished rows of an evaluation on disk, so tables resume.
 """
 
-from robustjax import (apgd, attacks, augment, autoattack, data, evaluate, fab, landscape, layers,
-                       models, square, suite, sweeps, train)
+from robustjax import (apgd, attacks, augment, autoattack, config, data, evaluate, fab,
+                       landscape, layers, models, rowstore, square, suite, sweeps, train,
+                       workdir)
 from robustjax.attacks import fgsm, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
 from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
-__all__ = ["apgd", "attacks", "augment", "autoattack", "data", "evaluate", "fab", "landscape",
-           "layers", "models", "square", "suite", "sweeps", "train",
+__all__ = ["apgd", "attacks", "augment", "autoattack", "config", "data", "evaluate", "fab",
+           "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps", "train",
+           "workdir",
            "fgsm", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
            "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

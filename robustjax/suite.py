@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import apgd, attacks, autoattack, evaluate, fab, square
+from robustjax import apgd, attacks, autoattack, evaluate, fab, rowstore, square
 
 __all__ = ["AttackSpec", "SuiteResult", "run_suite", "make_attack", "markdown_table",
            "write_results", "TARGETING", "ATTACKS"]
@@ -249,7 +249,8 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
               sources: Optional[Mapping[str, attacks.LogitsFn]] = None,
               batch_size: int = 200, key: Optional[jax.Array] = None,
               bounds=(0.0, 1.0), atol: float = 1e-5,
-              save_dir: Optional[str] = None, progress=None) -> SuiteResult:
+              save_dir: Optional[str] = None, resume_dir: Optional[str] = None,
+              progress=None) -> SuiteResult:
     """Runs every row of a table (paper Tables 1 and 2) and the per-example worst case.
 
     Args:
@@ -264,6 +265,10 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
       bounds, atol: as in :func:`robustjax.evaluate.robust_accuracy`.
       save_dir: if given, the validated adversarial examples of row ``i`` are
         saved as ``save_dir/row{i:02d}.npy``.
+      resume_dir: if given, each finished row is stored there
+        (:mod:`robustjax.rowstore`) and a rerun with the same settings, data
+        and models loads it instead of running it again: an interrupted table
+        resumes, with the same result as an uninterrupted run.
       progress: optional ``callback(i, spec, accuracy)`` after each row.
 
     The worst-case row uses the largest eps among the attack rows, and its
@@ -287,8 +292,22 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
     key = jax.random.PRNGKey(0) if key is None else key
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
+    if resume_dir:
+        x_np, y_np = np.asarray(x), np.asarray(y)
+        ids = dict(data=rowstore.data_fingerprint(x_np, y_np),
+                   models={k: rowstore.model_fingerprint(f, x_np) for k, f in models.items()})
     rows, correct = [], []
     for i, spec in enumerate(specs):
+        if resume_dir:
+            fp = rowstore.fingerprint(spec, i, jax.random.fold_in(key, i), **ids,
+                                      batch_size=batch_size, bounds=list(bounds), atol=atol)
+            stored = rowstore.load(resume_dir, i, fp)
+            if stored is not None:
+                rows.append(stored[0])
+                correct.append(stored[1])
+                if progress is not None:
+                    progress(i, spec, stored[0]["accuracy"])
+                continue
         if spec.attack == "autoattack":
             steps = {} if spec.steps is None else dict(num_steps=spec.steps)
             aa = autoattack.autoattack(logits_fn, x, y, jax.random.fold_in(key, i), eps=spec.eps,
@@ -314,6 +333,8 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
             np.save(os.path.join(save_dir, f"row{i:02d}.npy"), res.x_adv)
         rows.append(row)
         correct.append(res.correct)
+        if resume_dir:
+            rowstore.save(resume_dir, i, fp, row, res.correct)
         if progress is not None:
             progress(i, spec, res.accuracy)
     correct = np.stack(correct)

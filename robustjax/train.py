@@ -16,19 +16,21 @@ key is ``fold_in(key, s)``. A run resumed from a checkpoint therefore sees the
 same data and the same random starts as one that was never interrupted.
 
 :func:`train_and_evaluate` is the library entry point that the experiments
-call. It writes ``config.json``, ``metrics.jsonl``, orbax checkpoints and
-``results.json`` to ``workdir``, and rerunning it resumes.
-:func:`load_model` turns a ``workdir`` into a ``logits_fn``.
+call: the loop, with preemption (SIGTERM) and divergence handling. What the
+run directory holds and how damaged files are handled is
+:mod:`robustjax.workdir`; the configuration is :mod:`robustjax.config`. Both
+``TrainConfig`` and ``load_model`` / ``load_run`` stay importable from here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import flax
 import jax
@@ -36,145 +38,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import attacks, augment, data, models, suite
+from robustjax import attacks, augment, data, models, suite, workdir as _workdir
+from robustjax.config import TrainConfig
+from robustjax.workdir import LoadedRun, load_model, load_run
 
 __all__ = ["TrainConfig", "TrainState", "create_state", "make_train_step",
-           "train_and_evaluate", "load_model", "load_run", "evaluate_model",
-           "evaluation_specs"]
+           "train_and_evaluate", "load_model", "load_run", "LoadedRun", "evaluate_model",
+           "evaluation_specs", "Preempted", "Diverged"]
 
 log = logging.getLogger("robustjax")
 
-TRAIN_ATTACKS = ("none", "fgsm", "pgd")
-OPTIMIZERS = ("adam", "momentum")
-LR_SCHEDULES = ("constant", "cosine", "piecewise")
-BN_ATTACK_MODES = ("eval", "train", "madry")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+
+class Preempted(Exception):
+    """SIGTERM stopped training; a checkpoint of the current step was saved."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"stopped by SIGTERM at step {step}; checkpoint saved in {workdir}; "
+                         "rerun the same command to resume")
+        self.step = step
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (recorded in ``workdir/config.json``).
-
-    Defaults are Madry's MNIST recipe (Section 4): MnistCNN(16), PGD-40 with
-    step 0.01 at eps 0.3 and a random start, Adam 1e-4, batch 50, 100k steps.
-    """
-
-    dataset: str = "mnist"
-    data_dir: Optional[str] = None
-    width: int = 16
-    train_attack: str = "pgd"
-    eps: float = 0.3
-    attack_steps: int = 40
-    attack_step_size: float = 0.01
-    # Linear ramp of the training eps from 0 over this many steps (0: off, the
-    # paper's recipe). Small models on little data can stall at chance without it.
-    eps_ramp_steps: int = 0
-    # On-device augmentation (robustjax.augment): random crop after zero padding
-    # by this many pixels, and random horizontal flips. The paper's MNIST recipe
-    # uses none; its CIFAR-10 recipe uses pad 4 with flips.
-    augment_pad: int = 0
-    augment_flip: bool = False
-    # "adam" (the paper's MNIST optimizer) or "momentum" (SGD, its CIFAR-10 one).
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    lr: float = 1e-4
-    # "constant" (the paper's Adam), "cosine" (decay to 0 over `steps`) or
-    # "piecewise" (times 0.1 at each of `lr_boundaries`: CIFAR-10, 40k and 60k).
-    lr_schedule: str = "constant"
-    lr_boundaries: tuple = ()
-    # L2 penalty coefficient on convolution and dense kernels only (not biases or
-    # batch norm), added to the gradient as Madry's cifar10_challenge does (2e-4).
-    weight_decay: float = 0.0
-    # Batch norm while the attack runs: "eval" (running averages; the default),
-    # "train" (the batch's own statistics, with no update of the running averages)
-    # or "madry" (train mode, and every attack forward pass also updates the running
-    # averages, as Madry's TF code does; PGD training only).
-    bn_attack_mode: str = "eval"
-    # "float32", or "bfloat16": forward and backward passes in bfloat16 with float32
-    # parameters, optimizer state, inputs and attack projection.
-    compute_dtype: str = "float32"
-    batch_size: int = 50
-    steps: int = 100_000
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    eval_examples: int = -1  # -1: the whole test split
-    eval_batch_size: int = 500
-    eval_attack_steps: tuple = (40, 100)
-    eval_attack_step_size: float = 0.01
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad field."""
-        if self.dataset not in data.DATASETS:
-            raise ValueError(f"dataset must be one of {data.DATASETS}, got {self.dataset!r}")
-        for name, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),
-                              ("bn_attack_mode", BN_ATTACK_MODES),
-                              ("compute_dtype", COMPUTE_DTYPES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, "
-                                 f"got {getattr(self, name)!r}")
-        b = list(self.lr_boundaries)
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b) or (
-                b != sorted(set(b))):
-            raise ValueError(f"lr_boundaries must be increasing positive step counts, "
-                             f"got {self.lr_boundaries!r}")
-        if self.lr_schedule == "piecewise" and not b:
-            raise ValueError("lr_schedule 'piecewise' needs lr_boundaries")
-        for name in ("weight_decay", "momentum"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.train_attack not in TRAIN_ATTACKS:
-            raise ValueError(f"train_attack must be one of {TRAIN_ATTACKS}, "
-                             f"got {self.train_attack!r}")
-        positive = ("width", "attack_steps", "batch_size", "steps", "log_every",
-                    "checkpoint_every", "eval_batch_size")
-        for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("eps", "attack_step_size", "lr", "eval_attack_step_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0 or (
-                    name != "eps" and v == 0):
-                raise ValueError(f"{name} must be a finite number "
-                                 f"{'>= 0' if name == 'eps' else '> 0'}, got {v!r}")
-        if isinstance(self.augment_pad, bool) or not isinstance(self.augment_pad, int) or (
-                self.augment_pad < 0):
-            raise ValueError(f"augment_pad must be an integer >= 0, got {self.augment_pad!r}")
-        if not isinstance(self.augment_flip, bool):
-            raise ValueError(f"augment_flip must be a bool, got {self.augment_flip!r}")
-        if self.bn_attack_mode == "madry" and self.train_attack != "pgd":
-            raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' only")
-        if self.eps_ramp_steps < 0:
-            raise ValueError(f"eps_ramp_steps must be >= 0, got {self.eps_ramp_steps}")
-        if self.eval_examples == 0 or self.eval_examples < -1:
-            raise ValueError(f"eval_examples must be -1 (all) or positive, "
-                             f"got {self.eval_examples}")
-        if any(int(s) < 0 for s in self.eval_attack_steps):
-            raise ValueError(f"eval_attack_steps must be >= 0, got {self.eval_attack_steps}")
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["eval_attack_steps"] = list(self.eval_attack_steps)
-        d["lr_boundaries"] = list(self.lr_boundaries)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["eval_attack_steps"] = tuple(d.get("eval_attack_steps", (40, 100)))
-        d["lr_boundaries"] = tuple(d.get("lr_boundaries", ()))
-        return cls(**d)
-
-
-_SAMPLE_SHAPE = {"mnist": (1, 28, 28, 1), "fashion_mnist": (1, 28, 28, 1),
-                 "cifar10": (1, 32, 32, 3)}
-
-# Fields a rerun may change without starting a different experiment.
-_RESUMABLE_CHANGES = {"steps", "log_every", "checkpoint_every", "eval_examples",
-                      "eval_batch_size", "eval_attack_steps", "eval_attack_step_size",
-                      "data_dir"}
+class Diverged(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 @flax.struct.dataclass
@@ -409,46 +294,9 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
     return step_fn
 
 
-def _checkpoint_manager(workdir: str):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-
-def _restore(manager, state: TrainState, step: Optional[int] = None) -> TrainState:
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step() if step is None else step
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-
-
 def _load_split(config: TrainConfig, split: str):
     """uint8 images [N, H, W, C] and int32 labels of ``split``."""
     return data.load(config.dataset, split, config.data_dir)
-
-
-def _write_config(workdir: str, config: TrainConfig) -> bool:
-    """Writes config.json, or checks a rerun against it. Returns True if it existed."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = TrainConfig.from_json(json.load(f)).to_json()
-        new = config.to_json()
-        diff = [k for k in new if old.get(k) != new[k] and k not in _RESUMABLE_CHANGES]
-        if diff:
-            raise ValueError(
-                f"{workdir} holds a run with a different configuration "
-                f"({', '.join(f'{k}: {old.get(k)!r} there, {new[k]!r} now' for k in diff)}); "
-                "use another --workdir or the same settings")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_json(), f, indent=1)
-    existed = os.path.exists(path)
-    os.replace(tmp, path)
-    return existed
 
 
 def evaluation_specs(config: TrainConfig) -> list:
@@ -476,10 +324,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     """Trains (or resumes) and evaluates; the library entry point of the experiments.
 
     Writes ``workdir/config.json``, appends to ``workdir/metrics.jsonl``, keeps
-    orbax checkpoints in ``workdir/checkpoints`` and writes ``workdir/results.json``.
-    Returns the results dict. ``stop_after=N`` stops at step N with a
-    checkpoint and no evaluation (returns None), as a preempted or time-boxed
-    job would; the same call without it then resumes.
+    orbax checkpoints in ``workdir/checkpoints`` and writes ``workdir/results.json``
+    (see :mod:`robustjax.workdir`). Returns the results dict. ``stop_after=N``
+    stops at step N with a checkpoint and no evaluation (returns None), as a
+    time-boxed job would; the same call without it then resumes.
+
+    What a run survives: a second process on the same workdir raises
+    :class:`~robustjax.workdir.WorkdirInUseError` naming the owner; unreadable
+    checkpoints are moved aside and the newest readable one is used; SIGTERM
+    saves a checkpoint of the current step and raises :class:`Preempted`; a
+    non-finite loss or parameter raises :class:`Diverged` naming the step, and
+    no checkpoint is saved without checking that the state is finite.
     """
     config.validate()
     mesh = make_mesh()
@@ -487,27 +342,42 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
                          f"devices ({mesh.size}) to shard the batch")
     primary = jax.process_index() == 0  # multi-host: one process writes the files
-    os.makedirs(workdir, exist_ok=True)
     xtr, ytr = _load_split(config, "train")
     xte, yte = _load_split(config, "test")
     if config.batch_size > len(xtr):
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(xtr)} training "
                          "examples")
-    if primary:
-        _write_config(workdir, config)
+    owner = _workdir.lock(workdir) if primary else None
+    try:
+        if primary:
+            _workdir.write_config(workdir, config)
+        state = _train(config, workdir, mesh, primary, xtr, ytr, stop_after)
+        if state is None:
+            return None
+        return _evaluate_and_write(config, workdir, primary, state, xte, yte)
+    finally:
+        if owner is not None:
+            owner.close()
+
+
+def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
+           stop_after: Optional[int]):
+    """The training loop; returns the final state, or None when stopped by ``stop_after``."""
+    import orbax.checkpoint as ocp
 
     model = build_model(config)
     tx = make_optimizer(config)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = create_state(config, model, tx, jnp.zeros((1,) + xtr.shape[1:], jnp.float32))
     state = jax.device_put(state, replicated)
-    manager = _checkpoint_manager(workdir)
+    manager, restored = _workdir.restore_latest(workdir, _workdir.checkpoint_manager(workdir),
+                                                state)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if manager.latest_step() is not None:
-        state = _restore(manager, state)
+    if restored is not None:
+        state = restored
         log.info("resumed from step %d", int(state.step))
         if primary:
-            _truncate_metrics(metrics_path, int(state.step))
+            _workdir.truncate_metrics(metrics_path, int(state.step))
     step_fn = jax.jit(make_train_step(config, model, tx, mesh), donate_argnums=0)
     # The whole training set on every device, as uint8 (CIFAR-10: 150 MB).
     images, labels = jax.device_put(xtr, replicated), jax.device_put(ytr, replicated)
@@ -515,15 +385,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
              type(model).__name__, config.dataset, mesh.size, jax.process_count(),
              f"{models.param_count(state.params):,}")
 
+    def save(step, state, pending, first):
+        _check_finite(pending, first, state, step, manager)
+        manager.save(step, args=ocp.args.StandardSave(state))
+
     start = int(state.step)
     pending, t_last, s_last = [], time.time(), start
     end = config.steps if stop_after is None else min(stop_after, config.steps)
-    with open(metrics_path if primary else os.devnull, "a") as mf:
+    with _sigterm_flag() as sigterm, open(metrics_path if primary else os.devnull, "a") as mf:
         for s in range(start, end):
             state, m = step_fn(state, images, labels)
             pending.append(m)
             done = s + 1
             if done % config.log_every == 0 or done == config.steps:
+                _check_finite(pending, s_last + 1, None, done, manager)
                 avg = {k: float(v) for k, v in jax.tree_util.tree_map(
                     lambda *a: jnp.mean(jnp.stack(a)), *pending).items()}
                 pending = []
@@ -538,13 +413,59 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
                          avg["adv_acc"], avg["eps"], ex_s, _fmt_time(eta))
                 t_last, s_last = now, done
             if done % config.checkpoint_every == 0 or done in (config.steps, end):
-                import orbax.checkpoint as ocp
-                manager.save(done, args=ocp.args.StandardSave(state))
+                save(done, state, pending, s_last + 1)
+            if sigterm.is_set():
+                if manager.latest_step() != done:
+                    save(done, state, pending, s_last + 1)
+                manager.wait_until_finished()
+                log.info("SIGTERM: saved the checkpoint of step %d; rerun to resume", done)
+                raise Preempted(done, workdir)
     manager.wait_until_finished()
     if end < config.steps:
         log.info("stopped at step %d of %d (stop_after)", end, config.steps)
         return None
+    return state
 
+
+def _check_finite(pending, first: int, state, step: int, manager) -> None:
+    """Raises :class:`Diverged` if a pending loss (steps ``first, ...``) or ``state``'s
+    parameters are not finite; the checkpoint on disk is then the last finite state."""
+    bad_step = None
+    if pending:
+        losses = np.asarray(jnp.stack([m["loss"] for m in pending]))
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            bad_step = first + int(bad[0])
+    if bad_step is None and state is not None:
+        finite = jax.tree_util.tree_reduce(
+            jnp.logical_and, jax.tree_util.tree_map(lambda a: jnp.all(jnp.isfinite(a)),
+                                                    state.params))
+        bad_step = None if bool(finite) else step
+    if bad_step is not None:
+        manager.wait_until_finished()
+        last = manager.latest_step()
+        raise Diverged(f"training diverged: non-finite loss or parameters at step {bad_step}; "
+                       f"the last checkpoint ({'none' if last is None else f'step {last}'}) "
+                       "holds the last finite state; lower --lr or check the data")
+
+
+class _sigterm_flag:
+    """Context manager: an Event set by SIGTERM while inside (main thread only)."""
+
+    def __enter__(self):
+        self.event, self.previous = threading.Event(), None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        return self.event
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _evaluate_and_write(config: TrainConfig, workdir: str, primary: bool, state, xte, yte):
+    model = build_model(config)
     n = len(xte) if config.eval_examples == -1 else min(config.eval_examples, len(xte))
     logits_fn = jax.jit(model_logits_fn(config, model, state.params, state.batch_stats))
     rows = evaluate_model(logits_fn, xte[:n].astype(np.float32) / 255.0, yte[:n], config)
@@ -556,56 +477,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
         suite.write_results(os.path.join(workdir, "results.json"), results, table=False)
     print(markdown_table(rows))
     return results
-
-
-class LoadedRun(NamedTuple):
-    """A trained model read back from a workdir by :func:`load_run`."""
-
-    logits_fn: Any  # x NHWC in [0, 1] -> logits, eval mode, jitted
-    config: TrainConfig
-    params: int  # parameter count
-    step: int  # training step of the checkpoint
-    variables: Any = None  # {"params": ..., "batch_stats": ...} of the checkpoint
-
-
-def load_run(workdir: str) -> LoadedRun:
-    """The last checkpoint in ``workdir`` with its configuration (see :func:`load_model`)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found; is {workdir!r} a robustjax workdir?")
-    with open(path) as f:
-        config = TrainConfig.from_json(json.load(f))
-    model = build_model(config)
-    tx = make_optimizer(config)
-    state = create_state(config, model, tx, jnp.zeros(_SAMPLE_SHAPE[config.dataset], jnp.float32))
-    manager = _checkpoint_manager(workdir)
-    if manager.latest_step() is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to load")
-    state = _restore(manager, state)
-    fn = model_logits_fn(config, model, state.params, state.batch_stats)
-    return LoadedRun(logits_fn=jax.jit(fn),
-                     config=config, params=models.param_count(state.params),
-                     step=int(state.step),
-                     variables=dict(params=state.params, batch_stats=state.batch_stats))
-
-
-def load_model(workdir: str):
-    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of the last checkpoint in ``workdir``.
-
-    The handle that research code composes attacks with (paper Section 4 models).
-    """
-    return load_run(workdir).logits_fn
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """Drops records logged after the checkpoint a run resumes from (they are redone)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
 
 
 def _fmt_time(seconds: float) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from robustjax import attacks, train
+from robustjax import attacks, train, workdir
 
 
 def _tiny(idx_dir, **kw):
@@ -149,5 +149,5 @@ def test_metrics_after_the_restored_checkpoint_are_dropped(tmp_path):
     """After a hard kill, steps logged past the last checkpoint are redone on resume."""
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
-    train._truncate_metrics(str(path), 3)
+    workdir.truncate_metrics(str(path), 3)
     assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 3]

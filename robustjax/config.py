@@ -1,0 +1,160 @@
+"""The configuration of a training run: :class:`TrainConfig`, its validation and JSON form.
+
+Every field is defined once, here, with its default and a help string kept
+beside it (``dataclasses.field`` metadata). The command-line flags of the
+experiments are generated from these fields (``experiments.common``), and the
+run directory records the configuration as ``config.json``
+(:mod:`robustjax.workdir`).
+
+Defaults are Madry et al.'s MNIST recipe (ICLR 2018, Section 4): MnistCNN(16),
+PGD-40 with step 0.01 at eps 0.3 and a random start, Adam 1e-4, batch 50, 100k
+steps. The CIFAR-10 entry points change the defaults to its recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from robustjax import data
+
+__all__ = ["TrainConfig", "TRAIN_ATTACKS", "OPTIMIZERS", "LR_SCHEDULES", "BN_ATTACK_MODES",
+           "COMPUTE_DTYPES", "RESUMABLE_CHANGES", "field_help"]
+
+TRAIN_ATTACKS = ("none", "fgsm", "pgd")
+OPTIMIZERS = ("adam", "momentum")
+LR_SCHEDULES = ("constant", "cosine", "piecewise")
+BN_ATTACK_MODES = ("eval", "train", "madry")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+# Fields a rerun may change without starting a different experiment.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "eval_examples",
+                               "eval_batch_size", "eval_attack_steps", "eval_attack_step_size",
+                               "data_dir"})
+
+
+def _field(default, help: str, *, choices=None, minimum=None):
+    """A config field with its help string, and the range a flag validator checks."""
+    meta = dict(help=help, choices=choices, minimum=minimum)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (recorded in ``workdir/config.json``)."""
+
+    dataset: str = _field("mnist", "Dataset.", choices=data.DATASETS)
+    data_dir: Optional[str] = _field(
+        None, "Directory with the dataset's files (MNIST: the official IDX .gz files); "
+        "empty: TensorFlow Datasets.")
+    width: int = _field(16, "Network width: MnistCNN(w) (16: Madry's network) or "
+                        "CifarResNet(w) (10: WRN-34-10).", minimum=1)
+    train_attack: str = _field("pgd", "Adversary used for training ('none': natural "
+                               "training).", choices=TRAIN_ATTACKS)
+    eps: float = _field(0.3, "L-inf radius for training and evaluation.", minimum=0.0)
+    attack_steps: int = _field(40, "PGD steps during training.", minimum=1)
+    attack_step_size: float = _field(0.01, "PGD step size during training.", minimum=0.0)
+    eps_ramp_steps: int = _field(
+        0, "Ramp the training eps linearly from 0 over this many steps (0: off, the paper's "
+        "recipe; small models on little data can stall at chance without it).", minimum=0)
+    augment_pad: int = _field(
+        0, "Training augmentation: random crop after zero padding by this many pixels "
+        "(0: off, the paper's MNIST recipe; its CIFAR-10 recipe: 4).", minimum=0)
+    augment_flip: bool = _field(False, "Training augmentation: random horizontal flips "
+                                "(CIFAR-10; not for digits).")
+    optimizer: str = _field("adam", "'adam' (the paper's MNIST optimizer) or 'momentum' SGD "
+                            "(its CIFAR-10 one).", choices=OPTIMIZERS)
+    momentum: float = _field(0.9, "Momentum of --optimizer=momentum.", minimum=0.0)
+    lr: float = _field(1e-4, "Learning rate.", minimum=0.0)
+    lr_schedule: str = _field(
+        "constant", "Learning-rate schedule: 'constant' (the paper's Adam), 'cosine' (decay "
+        "to 0 over --steps) or 'piecewise' (times 0.1 at each --lr_boundaries; CIFAR-10: "
+        "40k and 60k).", choices=LR_SCHEDULES)
+    lr_boundaries: tuple = _field((), "Steps at which 'piecewise' multiplies the lr by 0.1.")
+    weight_decay: float = _field(
+        0.0, "L2 penalty on convolution and dense kernels only, added to the gradient as "
+        "Madry's cifar10_challenge does (CIFAR-10: 2e-4).", minimum=0.0)
+    bn_attack_mode: str = _field(
+        "eval", "Batch norm during the training attack: running averages ('eval'), the "
+        "batch's statistics without updating them ('train'), or train mode updating them on "
+        "every attack pass ('madry', Madry's TF code; PGD training only).",
+        choices=BN_ATTACK_MODES)
+    compute_dtype: str = _field(
+        "float32", "Forward/backward precision (parameters, optimizer state and the attack's "
+        "projection stay float32).", choices=COMPUTE_DTYPES)
+    batch_size: int = _field(50, "Batch size.", minimum=1)
+    steps: int = _field(100_000, "Training steps.", minimum=1)
+    seed: int = _field(0, "Seed (initialisation, data order, attack starts).")
+    log_every: int = _field(100, "Steps between progress lines.", minimum=1)
+    checkpoint_every: int = _field(1000, "Steps between checkpoints.", minimum=1)
+    eval_examples: int = _field(-1, "Test examples to evaluate (-1: all).", minimum=-1)
+    eval_batch_size: int = _field(500, "Evaluation batch size.", minimum=1)
+    eval_attack_steps: tuple = _field((40, 100), "PGD steps of the evaluation rows.")
+    eval_attack_step_size: float = _field(
+        0.01, "PGD step size of the evaluation rows (the paper: 0.01 at eps 0.3).",
+        minimum=0.0)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad field."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {tuple(choices)}, "
+                                 f"got {getattr(self, f.name)!r}")
+        b = list(self.lr_boundaries)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b) or (
+                b != sorted(set(b))):
+            raise ValueError(f"lr_boundaries must be increasing positive step counts, "
+                             f"got {self.lr_boundaries!r}")
+        if self.lr_schedule == "piecewise" and not b:
+            raise ValueError("lr_schedule 'piecewise' needs lr_boundaries")
+        for name in ("weight_decay", "momentum"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        positive = ("width", "attack_steps", "batch_size", "steps", "log_every",
+                    "checkpoint_every", "eval_batch_size")
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("eps", "attack_step_size", "lr", "eval_attack_step_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0 or (
+                    name != "eps" and v == 0):
+                raise ValueError(f"{name} must be a finite number "
+                                 f"{'>= 0' if name == 'eps' else '> 0'}, got {v!r}")
+        if isinstance(self.augment_pad, bool) or not isinstance(self.augment_pad, int) or (
+                self.augment_pad < 0):
+            raise ValueError(f"augment_pad must be an integer >= 0, got {self.augment_pad!r}")
+        if not isinstance(self.augment_flip, bool):
+            raise ValueError(f"augment_flip must be a bool, got {self.augment_flip!r}")
+        if self.bn_attack_mode == "madry" and self.train_attack != "pgd":
+            raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' only")
+        if self.eps_ramp_steps < 0:
+            raise ValueError(f"eps_ramp_steps must be >= 0, got {self.eps_ramp_steps}")
+        if self.eval_examples == 0 or self.eval_examples < -1:
+            raise ValueError(f"eval_examples must be -1 (all) or positive, "
+                             f"got {self.eval_examples}")
+        if any(int(s) < 0 for s in self.eval_attack_steps):
+            raise ValueError(f"eval_attack_steps must be >= 0, got {self.eval_attack_steps}")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["eval_attack_steps"] = list(self.eval_attack_steps)
+        d["lr_boundaries"] = list(self.lr_boundaries)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["eval_attack_steps"] = tuple(d.get("eval_attack_steps", (40, 100)))
+        d["lr_boundaries"] = tuple(d.get("lr_boundaries", ()))
+        return cls(**d)
+
+
+def field_help(name: str) -> str:
+    """The help string of a :class:`TrainConfig` field."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}[name]

@@ -1,0 +1,217 @@
+"""The run directory: everything a training run keeps on disk, and how it survives failures.
+
+A workdir holds
+
+* ``config.json``: the :class:`~robustjax.config.TrainConfig`; a rerun must
+  match it except for :data:`~robustjax.config.RESUMABLE_CHANGES` (then it resumes);
+* ``.lock``: held with ``fcntl.flock`` by the one process that trains in it
+  (it names that process's pid and host). The OS releases it when the process
+  ends, however it ends, so a killed run never blocks its rerun;
+* ``metrics.jsonl``: one progress record per line; on resume, records after
+  the restored step are dropped (they are redone);
+* ``checkpoints/``: orbax checkpoints of the train state. A checkpoint that
+  cannot be read is moved to ``damaged_checkpoints/`` (never deleted) with a
+  warning, and the newest readable one is used;
+* ``results.json``: the evaluation, written atomically.
+
+:func:`load_run` and :func:`load_model` read a trained model back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from robustjax.config import RESUMABLE_CHANGES, TrainConfig
+
+__all__ = ["WorkdirInUseError", "CheckpointError", "lock", "write_config", "truncate_metrics",
+           "checkpoint_manager", "restore_latest", "LoadedRun", "load_run", "load_model",
+           "SAMPLE_SHAPE"]
+
+log = logging.getLogger("robustjax")
+
+SAMPLE_SHAPE = {"mnist": (1, 28, 28, 1), "fashion_mnist": (1, 28, 28, 1),
+                "cifar10": (1, 32, 32, 3)}
+
+
+class WorkdirInUseError(RuntimeError):
+    """Another live process owns the workdir."""
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in the workdir can be read."""
+
+
+# ----------------------------------------------------------------------------
+# One owner per workdir
+# ----------------------------------------------------------------------------
+
+def lock(workdir: str):
+    """Takes ``workdir/.lock`` for this process, or raises :class:`WorkdirInUseError`.
+
+    Returns the open lock file; the lock lasts until it is closed or the
+    process ends (the OS drops ``flock`` locks of dead processes, so a
+    SIGKILLed run does not block its rerun).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "an unknown process"
+        f.close()
+        raise WorkdirInUseError(f"workdir {workdir} is in use by {owner}; wait for it to end "
+                                "or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()} "
+            f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    f.flush()
+    return f
+
+
+# ----------------------------------------------------------------------------
+# config.json and metrics.jsonl
+# ----------------------------------------------------------------------------
+
+def write_config(workdir: str, config: TrainConfig) -> bool:
+    """Writes config.json, or checks a rerun against it. Returns True if it existed."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = TrainConfig.from_json(json.load(f)).to_json()
+        new = config.to_json()
+        diff = [k for k in new if old.get(k) != new[k] and k not in RESUMABLE_CHANGES]
+        if diff:
+            raise ValueError(
+                f"{workdir} holds a run with a different configuration "
+                f"({', '.join(f'{k}: {old.get(k)!r} there, {new[k]!r} now' for k in diff)}); "
+                "use another --workdir or the same settings")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_json(), f, indent=1)
+    existed = os.path.exists(path)
+    os.replace(tmp, path)
+    return existed
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Drops records logged after the checkpoint a run resumes from (they are redone)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------
+
+def checkpoint_manager(workdir: str):
+    """The orbax manager of ``workdir/checkpoints`` (the two newest are kept)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _restore(manager, state, step: int):
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def restore_latest(workdir: str, manager, state, *, move_damaged: bool = True):
+    """``(manager, state)`` from the newest readable checkpoint, or ``(manager, None)`` if none.
+
+    A checkpoint that fails to restore is logged with the reason and, when
+    ``move_damaged`` (training does this; readers only skip it), moved to
+    ``workdir/damaged_checkpoints/`` (never deleted); the next older one is
+    tried. If checkpoints exist and none can be read, raises
+    :class:`CheckpointError` naming them. The manager is recreated after a move.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        return manager, None
+    bad = []
+    for step in steps:
+        try:
+            return manager, _restore(manager, state, step)
+        except Exception as e:  # orbax / TensorStore raise many types for a bad file
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            src = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+            if not move_damaged:
+                log.warning("checkpoint %s cannot be read (%s); trying an older one", src, reason)
+                bad.append(src)
+                continue
+            dst_dir = os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
+            os.makedirs(dst_dir, exist_ok=True)
+            dst = os.path.join(dst_dir, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("checkpoint %s cannot be read (%s); moved to %s", src, reason, dst)
+            shutil.move(src, dst)
+            bad.append(dst)
+            manager.close()
+            manager = checkpoint_manager(workdir)
+    raise CheckpointError(
+        f"no checkpoint in {workdir}/checkpoints can be read ({', '.join(bad)}); to start "
+        f"over, remove {workdir}/checkpoints and {workdir}/metrics.jsonl, or use another "
+        "--workdir")
+
+
+# ----------------------------------------------------------------------------
+# Reading a trained model back
+# ----------------------------------------------------------------------------
+
+class LoadedRun(NamedTuple):
+    """A trained model read back from a workdir by :func:`load_run`."""
+
+    logits_fn: Any  # x NHWC in [0, 1] -> logits, eval mode, jitted
+    config: TrainConfig
+    params: int  # parameter count
+    step: int  # training step of the checkpoint
+    variables: Any = None  # {"params": ..., "batch_stats": ...} of the checkpoint
+
+
+def load_run(workdir: str) -> LoadedRun:
+    """The newest readable checkpoint in ``workdir`` with its configuration."""
+    from robustjax import models, train  # train builds the state this module restores
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found; is {workdir!r} a robustjax workdir?")
+    with open(path) as f:
+        config = TrainConfig.from_json(json.load(f))
+    model = train.build_model(config)
+    state = train.create_state(config, model, train.make_optimizer(config),
+                               jnp.zeros(SAMPLE_SHAPE[config.dataset], jnp.float32))
+    _, restored = restore_latest(workdir, checkpoint_manager(workdir), state, move_damaged=False)
+    if restored is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to load")
+    fn = train.model_logits_fn(config, model, restored.params, restored.batch_stats)
+    return LoadedRun(logits_fn=jax.jit(fn), config=config,
+                     params=models.param_count(restored.params), step=int(restored.step),
+                     variables=dict(params=restored.params, batch_stats=restored.batch_stats))
+
+
+def load_model(workdir: str):
+    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of the newest checkpoint.
+
+    The handle that research code composes attacks with (paper Section 4 models).
+    """
+    return load_run(workdir).logits_fn
