@@ -11,7 +11,9 @@ robust accuracy, accuracy after each attack, eps, norm, version, number of
 examples, seconds) and autoattack.md. OUTPUT_DIR defaults to DIR/autoattack.
 The default eps is the training eps (MNIST 0.3, CIFAR-10 8/255) for L-inf and
 must be given for L2. Progress: one line per batch with the examples left,
-the robust accuracy so far and an ETA.
+the robust accuracy so far and an ETA. The state after each attack is kept in
+OUTPUT_DIR/stages: an interrupted evaluation resumes after the last finished
+attack when the same command is rerun (same result as an uninterrupted run).
 
 On the 2,000 test digits of shared/data/mnist-10k, the CPU recipe's PGD-trained
 model (benchmarks/mnist10k_cpu.sh) at eps 0.3: see benchmarks/RESULTS.md,
@@ -69,11 +71,13 @@ def main(argv):
     x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
     n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
     x, y = x[:n].astype(np.float32) / 255.0, y[:n]
+    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "autoattack")
     t0 = time.time()
     res = autoattack.autoattack(run.logits_fn, x, y, jax.random.PRNGKey(FLAGS.seed), eps=eps,
                                 norm=FLAGS.norm, version=FLAGS.version,
                                 batch_size=FLAGS.batch_size, num_steps=FLAGS.num_steps,
-                                num_queries=FLAGS.num_queries)
+                                num_queries=FLAGS.num_queries,
+                                resume_dir=os.path.join(out, "stages"))
     seconds = time.time() - t0
     spec = suite.AttackSpec("AutoAttack", attack="autoattack", norm=FLAGS.norm, eps=eps,
                             version=FLAGS.version)
@@ -91,7 +95,6 @@ def main(argv):
         training=dict(cfg.to_json(), final_step=run.step,
                       workdir=os.path.abspath(FLAGS.workdir)),
         jax=jax.__version__, device=jax.devices()[0].device_kind, rows=rows)
-    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "autoattack")
     os.makedirs(out, exist_ok=True)
     suite.write_results(os.path.join(out, "autoattack.json"), results)
     print(suite.markdown_table(rows))

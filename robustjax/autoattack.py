@@ -29,7 +29,9 @@ bounds, eps-ball within ``atol``) before it counts.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -39,7 +41,7 @@ import numpy as np
 
 from robustjax import apgd as _apgd
 from robustjax import attacks as _a
-from robustjax import evaluate, fab as _fab, square as _square
+from robustjax import evaluate, fab as _fab, rowstore, square as _square
 
 __all__ = ["ATTACKS", "VERSIONS", "version_attacks", "AutoAttackResult", "autoattack"]
 
@@ -151,7 +153,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                norm: str = "linf", version: str = "standard",
                attacks: Optional[Sequence[str]] = None, num_steps: int = 100,
                num_queries: int = 5000, eot_samples: int = 20, batch_size: int = 500,
-               bounds=(0.0, 1.0), atol: float = 1e-5) -> AutoAttackResult:
+               bounds=(0.0, 1.0), atol: float = 1e-5,
+               resume_dir: Optional[str] = None) -> AutoAttackResult:
     """Robust accuracy under AutoAttack (Croce & Hein 2020, Section 5).
 
     Args:
@@ -169,6 +172,11 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
       batch_size: the largest attack batch. The examples an attack runs on
         are split into equal chunks, padded to a multiple of batch_size / 8.
       bounds, atol: valid input range; slack of the eps-ball check.
+      resume_dir: if given, the state after each attack (robust examples,
+        adversarial examples, timings) is stored there as ``stageNN.npz``, and
+        a rerun with the same settings, data and model starts after the last
+        stored attack: an interrupted evaluation resumes, with the result of
+        an uninterrupted one (each attack has its own key).
 
     Raises:
       ValueError: bad settings or data, naming the argument.
@@ -228,7 +236,23 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
     log.info("AutoAttack %s (%s, eps %g) on %d examples: clean accuracy %.2f%%", version, norm,
              eps, n, 100 * clean_correct.mean())
     t_all = time.time()
+    first = 0
+    if resume_dir:
+        fp = rowstore.fingerprint(
+            dict(names=names, eps=float(eps), norm=norm, version=version, num_steps=num_steps,
+                 num_queries=num_queries, eot_samples=eot_samples, batch_size=batch_size,
+                 bounds=[lo, hi], atol=atol), 0, key, data=rowstore.data_fingerprint(x, y),
+            models=None if randomized else rowstore.model_fingerprint(logits_fn, x))
+        first, stored = _load_stage(resume_dir, names, fp)
+        if stored is not None:
+            robust, x_adv = stored["robust"], stored["x_adv"]
+            broken_by = stored["broken_by"].astype(object)
+            accuracy_after = json.loads(str(stored["accuracy_after"]))
+            seconds = json.loads(str(stored["seconds"]))
+            log.info("resumed after %s (stored in %s)", names[first - 1], resume_dir)
     for i, name in enumerate(names):
+        if i < first:
+            continue
         attack, stage_args = _stage_attack(name, eps=eps, norm=norm, version=version,
                                            num_steps=num_steps, num_queries=num_queries,
                                            bounds=(lo, hi), eot_samples=eot_samples)
@@ -271,6 +295,10 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         seconds[name] = time.time() - t0
         log.info("after %s: robust accuracy %.2f%% (%.1fs)", name, 100 * robust.mean(),
                  seconds[name])
+        if resume_dir:
+            _save_stage(resume_dir, i, fp, robust=robust, x_adv=x_adv,
+                        broken_by=broken_by.astype(str),
+                        accuracy_after=json.dumps(accuracy_after), seconds=json.dumps(seconds))
     if "square" in accuracy_after:
         before = [v for k, v in accuracy_after.items() if k != "square"]
         sq_gain = (min(before) if before else clean_correct.mean()) - accuracy_after["square"]
@@ -287,6 +315,30 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                             accuracy_after=accuracy_after, seconds=seconds,
                             clean_correct=clean_correct, correct=robust,
                             broken_by=broken_by.astype(str), x_adv=x_adv, warnings=warnings)
+
+
+def _stage_path(resume_dir: str, i: int) -> str:
+    return os.path.join(resume_dir, f"stage{i:02d}.npz")
+
+
+def _load_stage(resume_dir: str, names, fp: str):
+    """``(attacks done, stored arrays)`` of the last stage stored with fingerprint ``fp``."""
+    for i in reversed(range(len(names))):
+        try:
+            with np.load(_stage_path(resume_dir, i), allow_pickle=False) as f:
+                if str(f["fingerprint"]) == fp:
+                    return i + 1, {k: f[k] for k in f.files}
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0, None
+
+
+def _save_stage(resume_dir: str, i: int, fp: str, **arrays) -> None:
+    os.makedirs(resume_dir, exist_ok=True)
+    path = _stage_path(resume_dir, i)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, fingerprint=fp, **arrays)
+    os.replace(path + ".tmp", path)
 
 
 def _output_checks(logits: np.ndarray, logits_fn, x_probe, version) -> list:

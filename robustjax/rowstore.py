@@ -1,5 +1,4 @@
 """Finished rows of an evaluation on disk, so an interrupted table resumes where it stopped.
-
 :func:`robustjax.suite.run_suite` with ``resume_dir`` writes each finished row
 (its results-table row and the per-example correctness the worst case needs)
 to ``resume_dir/row{i:02d}.json``, atomically. A rerun loads a stored row
@@ -7,7 +6,9 @@ instead of running it again only if the row's *fingerprint* matches: a hash of
 everything the row's result depends on (the AttackSpec, its index and key, the
 batch size, bounds and tolerance, the data, and the evaluated and source
 models, identified by their logits on the first inputs). Any change reruns the
-row, so a resumed table equals an uninterrupted one.
+row, so a resumed table equals an uninterrupted one. The AutoAttack ensemble
+stores its stages (one per attack) with the same fingerprints
+(:func:`robustjax.autoattack.autoattack`, ``resume_dir``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ def model_fingerprint(logits_fn, x: np.ndarray, n: int = 16) -> str:
     return hashlib.sha256(np.round(logits, 4).tobytes()).hexdigest()
 
 
-def fingerprint(spec, index: int, key, *, data: str, models: dict, **settings) -> str:
-    """The hash that identifies row ``index`` of a suite (see the module docstring)."""
-    payload = dict(spec=dataclasses.asdict(spec), index=index, key=_key_data(key), data=data,
+def fingerprint(spec, index: int, key, *, data: str, models, **settings) -> str:
+    """The hash that identifies row ``index`` of a suite (see the module docstring).
+
+    ``spec`` is an AttackSpec or a dict of settings (robustjax.autoattack's stages).
+    """
+    spec = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else spec
+    payload = dict(spec=spec, index=index, key=_key_data(key), data=data,
                    models=models, settings=settings)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

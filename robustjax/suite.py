@@ -310,9 +310,11 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
                 continue
         if spec.attack == "autoattack":
             steps = {} if spec.steps is None else dict(num_steps=spec.steps)
+            stages = os.path.join(resume_dir, f"row{i:02d}_stages") if resume_dir else None
             aa = autoattack.autoattack(logits_fn, x, y, jax.random.fold_in(key, i), eps=spec.eps,
                                        norm=spec.norm, version=spec.version,
-                                       batch_size=batch_size, bounds=bounds, atol=atol, **steps)
+                                       batch_size=batch_size, bounds=bounds, atol=atol,
+                                       resume_dir=stages, **steps)
             res = evaluate.RobustAccuracy(aa.robust_accuracy, aa.correct, aa.clean_accuracy,
                                           aa.clean_correct, aa.x_adv)
             row = dict(spec.row(aa.robust_accuracy), after=aa.accuracy_after,

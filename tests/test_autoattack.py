@@ -120,6 +120,30 @@ def test_each_attack_sees_only_robust_examples(natural_model, monkeypatch):
         assert len(sizes) == len(set(sizes)) <= 2, sizes
 
 
+def test_interrupted_ensemble_resumes_after_the_last_finished_attack(natural_model, tmp_path):
+    m = natural_model
+    kw = dict(eps=EPS, version="custom", attacks=["apgd-ce", "square"], num_steps=5,
+              num_queries=20, batch_size=64)
+    stages = tmp_path / "stages"
+    straight = autoattack.autoattack(m.logits_fn, m.x[:60], m.y[:60], jax.random.PRNGKey(1),
+                                     resume_dir=str(stages), **kw)
+    assert sorted(p.name for p in stages.iterdir()) == ["stage00.npz", "stage01.npz"]
+    (stages / "stage01.npz").unlink()  # as if killed during Square
+    first = (stages / "stage00.npz").stat().st_mtime_ns
+    resumed = autoattack.autoattack(m.logits_fn, m.x[:60], m.y[:60], jax.random.PRNGKey(1),
+                                    resume_dir=str(stages), **kw)
+    assert (stages / "stage00.npz").stat().st_mtime_ns == first  # APGD-CE was not rerun
+    assert resumed.accuracy_after == straight.accuracy_after
+    np.testing.assert_array_equal(resumed.correct, straight.correct)
+    np.testing.assert_array_equal(resumed.x_adv, straight.x_adv)
+    assert list(resumed.broken_by) == list(straight.broken_by)
+    # Another model (or any other setting) starts from the beginning.
+    other = jax.jit(lambda z: m.logits_fn(z) * 2.0)
+    autoattack.autoattack(other, m.x[:60], m.y[:60], jax.random.PRNGKey(1),
+                          resume_dir=str(stages), **kw)
+    assert (stages / "stage00.npz").stat().st_mtime_ns != first
+
+
 def test_an_invalid_attack_is_caught(natural_model, monkeypatch):
     m = natural_model
 
