@@ -20,8 +20,9 @@ then p_init / 2, / 4, ... after queries 10, 50, 200, 500, 1000, 2000, 4000,
 
 Windows, signs and the patterns' orientation are drawn per example (the
 official code shares one window and sign across the batch). Everything runs
-in one ``lax.while_loop`` that stops when the queries are spent or every
-example is misclassified; a misclassified example stops spending queries.
+in one ``lax.while_loop`` that stops when the queries are spent, every
+example is misclassified, or eps is 0; a misclassified example stops
+spending queries.
 """
 
 from __future__ import annotations
@@ -209,9 +210,9 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
         return (i + 1, jnp.where(tb, cand, x_best), jnp.where(take, margin, margin_min),
                 jnp.where(improved, value, loss_min), queries + active.astype(jnp.int32))
 
-    def cond(carry):
+    def cond(carry):  # at eps 0 no query can change the input: stop at once
         i, _, margin_min, _, _ = carry
-        return (i < num_queries) & jnp.any(margin_min > 0)
+        return (i < num_queries) & jnp.any(margin_min > 0) & (eps > 0)
 
     init = (jnp.asarray(0, jnp.int32), x_best, margin_min, loss_min, jnp.ones(b, jnp.int32))
     _, x_best, _, _, _ = jax.lax.while_loop(cond, body, init)
