@@ -99,7 +99,7 @@ def plot(plt, result: dict, path: str) -> None:
     ax.set_ylabel("Test accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     ax.set_title(f"{result['dataset']}: accuracy against {result['norm']} eps "
                  f"({result['n_examples']} test examples)", fontsize=10)
     fig.tight_layout()
