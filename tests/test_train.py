@@ -151,3 +151,26 @@ def test_metrics_after_the_restored_checkpoint_are_dropped(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
     workdir.truncate_metrics(str(path), 3)
     assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 3]
+
+
+def test_several_steps_per_call_give_the_same_run(idx_dir, tmp_path):
+    """steps_per_call=4 (a lax.scan over steps) against one step per call: the same
+    metrics.jsonl and parameters, with log (3) and checkpoint (5) steps that split calls,
+    and a resume from the stop_after checkpoint in the middle of a call."""
+    cfg = _tiny(idx_dir, steps=11, log_every=3, checkpoint_every=5, eval_examples=20,
+                eval_batch_size=20)
+    train.train_and_evaluate(cfg, str(tmp_path / "one"))
+    multi = dataclasses.replace(cfg, steps_per_call=4)
+    assert train.train_and_evaluate(multi, str(tmp_path / "multi"), stop_after=6) is None
+    train.train_and_evaluate(multi, str(tmp_path / "multi"))
+
+    def metrics(name):
+        recs = [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl")]
+        return [{k: r[k] for k in ("step", "loss", "nat_acc", "adv_acc", "eps")} for r in recs]
+    one, many = metrics("one"), metrics("multi")
+    assert [r["step"] for r in one] == [3, 6, 9, 11] == [r["step"] for r in many]
+    for a, b in zip(one, many):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(train.load_model(str(tmp_path / "one"))(_probe()),
+                               train.load_model(str(tmp_path / "multi"))(_probe()),
+                               rtol=1e-5, atol=1e-5)
