@@ -46,7 +46,7 @@ def run_width(width: int, workdir: str, widths=WIDTHS) -> dict:
                model=dict(models["pgd"]), training=dict(methods=list(METHODS),
                                                         config=res["training"]),
                training_loss=losses, rows=rows)
-    _write_json(os.path.join(workdir, f"width_{width}", "results.json"), out)
+    figures.write_json(os.path.join(workdir, f"width_{width}", "results.json"), out)
     print(train.markdown_table(rows))
     return out
 
@@ -67,12 +67,6 @@ def final_training_loss(metrics_path: str, fraction: float = 0.1) -> float:
     return float(sum(tail) / len(tail))
 
 
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def collect(workdir: str, widths=WIDTHS) -> dict:
     """The sweep so far: every width's rows and training losses, written to WORKDIR/results.json.
 
@@ -90,7 +84,7 @@ def collect(workdir: str, widths=WIDTHS) -> dict:
             out["rows"] += res["rows"]
             if "training_loss" in res:
                 out["training_loss"][str(w)] = res["training_loss"]
-    _write_json(os.path.join(workdir, "results.json"), out)
+    figures.write_json(os.path.join(workdir, "results.json"), out)
     return out
 
 
