@@ -55,8 +55,11 @@ def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:
 
 
 def _label(run) -> str:
-    return {"none": "natural", "pgd": "adversarial (PGD)",
-            "fgsm": "adversarial (FGSM)"}.get(run.config.train_attack, run.config.train_attack)
+    if run.config.objective == "trades":
+        return "adversarial (TRADES)"
+    return {"none": "natural", "pgd": "adversarial (PGD)", "fgsm": "adversarial (FGSM)",
+            "fgsm_rs": "adversarial (Fast AT)"}.get(run.config.train_attack,
+                                                    run.config.train_attack)
 
 
 def test_data(run, data_dir: str | None, examples: int) -> tuple[np.ndarray, np.ndarray]:

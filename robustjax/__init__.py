@@ -2,8 +2,9 @@
 (ICLR 2018) in JAX.
 
 Modules:
-  attacks  -- FGSM, PGD (L-inf / L2, restarts, targeted, CW / CW+ losses): the
-              inner maximisation of the paper's saddle-point problem (Eq. 2.1).
+  attacks  -- FGSM, FGSM-RS (Fast AT), PGD (L-inf / L2, restarts, targeted, CW / CW+
+              losses): the inner maximisation of the paper's saddle-point problem (Eq. 2.1).
+  trades   -- the TRADES objective and its KL inner maximisation (Zhang et al., ICML 2019).
   evaluate -- robust accuracy over a dataset with validated adversarial examples.
   apgd     -- Auto-PGD, the DLR loss and APGD-T (Croce & Hein, ICML 2020).
   fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
@@ -20,22 +21,24 @@ Modules:
   config   -- TrainConfig: every field of a training run, defined once.
   workdir  -- the run directory: config.json, lock, metrics, checkpoints (damaged
               ones moved aside), load_run / load_model.
-  train    -- adversarial training (Danskin step), sharding, bf16, the loop with
-              preemption and divergence handling.
+  train    -- adversarial training (Danskin step; Madry or TRADES objective, weight
+              averaging), sharding, bf16, the loop with preemption and divergence handling.
+  validation -- the held-out split, periodic robust validation, the best checkpoint
+              (Rice et al. 2020) and catastrophic-overfitting detection (Wong et al. 2020).
   rowstore -- finished rows of an evaluation on disk, so tables resume.
 """
 
 from robustjax import (apgd, attacks, augment, autoattack, config, data, evaluate, fab,
-                       landscape, layers, models, rowstore, square, suite, sweeps, train,
-                       workdir)
-from robustjax.attacks import fgsm, pgd
+                       landscape, layers, models, rowstore, square, suite, sweeps, trades, train,
+                       validation, workdir)
+from robustjax.attacks import fgsm, fgsm_rs, pgd
 from robustjax.evaluate import RobustAccuracy, robust_accuracy
 from robustjax.models import CifarResNet, MnistCNN
 from robustjax.train import TrainConfig, load_model, train_and_evaluate
 
 __all__ = ["apgd", "attacks", "augment", "autoattack", "config", "data", "evaluate", "fab",
-           "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps", "train",
-           "workdir",
-           "fgsm", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
+           "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps", "trades",
+           "train", "validation", "workdir",
+           "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
            "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

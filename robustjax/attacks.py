@@ -37,7 +37,7 @@ import numpy as np
 __all__ = [
     "LogitsFn", "Norm", "LINF", "L2", "NORMS", "LOSSES",
     "xent_loss", "cw_loss", "margin", "attack_objective", "is_fooled",
-    "fgsm", "pgd", "pgd_step", "select_best_restart",
+    "fgsm", "fgsm_rs", "pgd", "pgd_step", "select_best_restart",
 ]
 
 Array = jax.Array
@@ -283,6 +283,25 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps, loss: str = "xent",
     objective = attack_objective(loss, targeted=targeted, cw_kappa=cw_kappa)
     grad = _objective_grad(logits_fn, objective, x, y)
     return jnp.clip(x + eps * jnp.sign(grad), lo, hi).astype(x.dtype)
+
+
+def fgsm_rs(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps,
+            step_size=None, bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
+    """FGSM from a random start, Fast AT (Wong, Rice & Kolter, ICLR 2020, Algorithm 3).
+
+    ``delta ~ U(-eps, eps)`` (the start clipped to ``bounds``), one signed
+    gradient step of ``step_size`` (default ``1.25 * eps``, the paper's
+    alpha), then projection onto the eps-ball and clipping to ``bounds``:
+    exactly one L-inf :func:`pgd` step from a random start.
+    """
+    _check_scalar("eps", eps)
+    if step_size is None:
+        alpha = lambda _: 1.25 * eps  # noqa: E731; eps may be traced (eps ramp)
+    else:
+        _check_scalar("step_size", step_size, positive=True)
+        alpha = step_size
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=alpha, num_steps=1,
+               random_start=True, bounds=bounds)
 
 
 def _pgd_single(logits_fn, objective, geometry: Norm, x, y, key, *, eps, schedule,

@@ -20,10 +20,11 @@ import numpy as np
 
 from robustjax import data
 
-__all__ = ["TrainConfig", "TRAIN_ATTACKS", "OPTIMIZERS", "LR_SCHEDULES", "BN_ATTACK_MODES",
-           "COMPUTE_DTYPES", "RESUMABLE_CHANGES", "field_help"]
+__all__ = ["TrainConfig", "TRAIN_ATTACKS", "OBJECTIVES", "OPTIMIZERS", "LR_SCHEDULES",
+           "BN_ATTACK_MODES", "COMPUTE_DTYPES", "RESUMABLE_CHANGES", "field_help"]
 
-TRAIN_ATTACKS = ("none", "fgsm", "pgd")
+TRAIN_ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd")
+OBJECTIVES = ("madry", "trades")
 OPTIMIZERS = ("adam", "momentum")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 BN_ATTACK_MODES = ("eval", "train", "madry")
@@ -52,8 +53,17 @@ class TrainConfig:
         "empty: TensorFlow Datasets.")
     width: int = _field(16, "Network width: MnistCNN(w) (16: Madry's network) or "
                         "CifarResNet(w) (10: WRN-34-10).", minimum=1)
-    train_attack: str = _field("pgd", "Adversary used for training ('none': natural "
-                               "training).", choices=TRAIN_ATTACKS)
+    train_attack: str = _field(
+        "pgd", "Adversary used for training: 'pgd' (the paper), 'fgsm', 'fgsm_rs' (Fast AT, "
+        "Wong et al. 2020: FGSM of step 1.25 eps from a uniform random start) or 'none' "
+        "(natural training).", choices=TRAIN_ATTACKS)
+    objective: str = _field(
+        "madry", "Training loss: 'madry' (cross-entropy at the adversarial point, the paper's "
+        "Eq. 2.1) or 'trades' (Zhang et al. 2019: clean cross-entropy + trades_beta * "
+        "KL(p(x) || p(x')), x' from PGD on the KL; needs train_attack 'pgd').",
+        choices=OBJECTIVES)
+    trades_beta: float = _field(6.0, "TRADES: weight beta of the KL term (the paper: 6).",
+                                minimum=0.0)
     eps: float = _field(0.3, "L-inf radius for training and evaluation.", minimum=0.0)
     attack_steps: int = _field(40, "PGD steps during training.", minimum=1)
     attack_step_size: float = _field(0.01, "PGD step size during training.", minimum=0.0)
@@ -82,6 +92,20 @@ class TrainConfig:
         "batch's statistics without updating them ('train'), or train mode updating them on "
         "every attack pass ('madry', Madry's TF code; PGD training only).",
         choices=BN_ATTACK_MODES)
+    ema_decay: float = _field(
+        0.0, "Exponential moving average of the parameters and batch-norm statistics, "
+        "avg <- decay * avg + (1 - decay) * new after every step (for example 0.995; 0: off). "
+        "load_model returns the averaged weights when present.", minimum=0.0)
+    eval_every: int = _field(
+        0, "Steps between evaluations on the validation split (0: off): clean, FGSM and "
+        "APGD-CE accuracy of the raw and averaged weights, to eval.jsonl; the checkpoint with "
+        "the best robust validation accuracy is kept in best_checkpoint/ (Rice et al. 2020).",
+        minimum=0)
+    val_examples: int = _field(
+        1000, "Validation split: the last N training examples, held out of training when "
+        "eval_every > 0 (never the test set).", minimum=1)
+    val_attack_steps: int = _field(
+        20, "APGD-CE iterations of the periodic validation (fixed key).", minimum=1)
     compute_dtype: str = _field(
         "float32", "Forward/backward precision (parameters, optimizer state and the attack's "
         "projection stay float32).", choices=COMPUTE_DTYPES)
@@ -120,7 +144,8 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         positive = ("width", "attack_steps", "batch_size", "steps", "log_every",
-                    "checkpoint_every", "steps_per_call", "eval_batch_size")
+                    "checkpoint_every", "steps_per_call", "eval_batch_size", "val_examples",
+                    "val_attack_steps")
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -136,8 +161,23 @@ class TrainConfig:
             raise ValueError(f"augment_pad must be an integer >= 0, got {self.augment_pad!r}")
         if not isinstance(self.augment_flip, bool):
             raise ValueError(f"augment_flip must be a bool, got {self.augment_flip!r}")
-        if self.bn_attack_mode == "madry" and self.train_attack != "pgd":
-            raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' only")
+        if self.bn_attack_mode == "madry" and (self.train_attack != "pgd" or
+                                               self.objective != "madry"):
+            raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' with "
+                             "objective 'madry' only")
+        if self.objective == "trades" and self.train_attack != "pgd":
+            raise ValueError(f"objective 'trades' maximises its KL term by PGD: it needs "
+                             f"train_attack 'pgd', got {self.train_attack!r}")
+        for name in ("trades_beta",):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or (
+                self.eval_every < 0):
+            raise ValueError(f"eval_every must be an integer >= 0 (0: off), "
+                             f"got {self.eval_every!r}")
         if self.eps_ramp_steps < 0:
             raise ValueError(f"eps_ramp_steps must be >= 0, got {self.eps_ramp_steps}")
         if self.eval_examples == 0 or self.eval_examples < -1:

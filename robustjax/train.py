@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import attacks, augment, data, models, suite, workdir as _workdir
+from robustjax import attacks, augment, data, models, suite, trades, validation
+from robustjax import workdir as _workdir
 from robustjax.config import TrainConfig
 from robustjax.workdir import LoadedRun, load_model, load_run
 
@@ -64,13 +65,19 @@ class Diverged(ValueError):
 
 @flax.struct.dataclass
 class TrainState:
-    """Parameters, optimizer state, batch-norm statistics, step and root PRNG key."""
+    """Parameters, optimizer state, batch-norm statistics, step and root PRNG key.
+
+    With ``ema_decay > 0`` also the exponential moving averages of the
+    parameters and batch-norm statistics (None otherwise).
+    """
 
     step: jax.Array
     params: Any
     opt_state: Any
     batch_stats: Any
     key: jax.Array
+    ema_params: Any = None
+    ema_batch_stats: Any = None
 
 
 def kernel_mask(params):
@@ -117,8 +124,12 @@ def create_state(config: TrainConfig, model, tx, sample: jax.Array) -> TrainStat
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = model.init(init_key, sample, train=False)
     params = variables["params"]
+    stats = variables.get("batch_stats", {})
+    ema = config.ema_decay > 0
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      batch_stats=variables.get("batch_stats", {}), key=train_key)
+                      batch_stats=stats, key=train_key,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None,
+                      ema_batch_stats=jax.tree_util.tree_map(jnp.copy, stats) if ema else None)
 
 
 def _eps_at(config: TrainConfig, step):
@@ -207,9 +218,15 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
     if config.bn_attack_mode == "madry" and state.batch_stats:
         x_adv, stats = _pgd_updating_statistics(config, model, state, x, y, key, eps)
         return x, jax.lax.stop_gradient(x_adv), y, eps, stats
-    if config.train_attack == "pgd":
+    if config.objective == "trades":
+        x_adv = trades.trades_attack(logits_fn, x, y, key, eps=eps,
+                                     step_size=config.attack_step_size,
+                                     num_steps=config.attack_steps)
+    elif config.train_attack == "pgd":
         x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=config.attack_step_size,
                             num_steps=config.attack_steps)
+    elif config.train_attack == "fgsm_rs":
+        x_adv = attacks.fgsm_rs(logits_fn, x, y, key, eps=eps)
     elif config.train_attack == "fgsm":
         x_adv = attacks.fgsm(logits_fn, x, y, eps=eps)
     else:
@@ -253,42 +270,57 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
     """``step(state, images, labels) -> (state, metrics)``: one Danskin step (Section 2.1).
 
     ``images`` (uint8) and ``labels`` are the whole training set on the
-    device; the batch is chosen, augmented and attacked inside the step. The
-    loss is on the adversarial examples only, as in the paper; batch-norm
-    statistics are updated by that forward pass alone, never by the attack's.
-    With a ``mesh`` the batch is sharded over its ``"data"`` axis (parameters
-    replicated): the same program on one or many devices.
+    device; the batch is chosen, augmented and attacked inside the step. With
+    ``objective="madry"`` the loss is on the adversarial examples only, as in
+    the paper; with ``"trades"`` it is :func:`robustjax.trades.trades_loss` on
+    the clean and adversarial batches. Batch-norm statistics are updated by
+    those training forward passes, never by the attack's (except
+    ``bn_attack_mode="madry"``). With ``ema_decay > 0`` the averaged weights
+    follow the new ones (``optax.incremental_update``). With a ``mesh`` the
+    batch is sharded over its ``"data"`` axis (parameters replicated): the
+    same program on one or many devices.
     """
     config.validate()
     dtype = jnp.dtype(config.compute_dtype)
+
+    def forward(params, stats, z):
+        """Train-mode logits (float32) and the batch-norm statistics after this pass."""
+        v = {"params": _compute_params(config, params)}
+        if not stats:
+            return model.apply(v, z.astype(dtype), train=True).astype(jnp.float32), stats
+        v["batch_stats"] = stats
+        logits, upd = model.apply(v, z.astype(dtype), train=True, mutable=["batch_stats"])
+        new = jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), upd["batch_stats"], stats)
+        return logits.astype(jnp.float32), new
 
     def step_fn(state: TrainState, images, labels):
         x, x_adv, y, eps, stats = adversarial_batch(config, model, state, images, labels, mesh)
 
         def loss_fn(params):
-            v = {"params": _compute_params(config, params)}
-            if state.batch_stats:
-                v["batch_stats"] = stats
-                logits, upd = model.apply(v, x_adv.astype(dtype), train=True,
-                                          mutable=["batch_stats"])
+            if config.objective == "trades":
+                clean_logits, stats_clean = forward(params, stats, x)
+                logits, new_stats = forward(params, stats_clean, x_adv)
+                loss = trades.trades_loss(clean_logits, logits, y, beta=config.trades_beta)
             else:
-                logits, upd = model.apply(v, x_adv.astype(dtype), train=True), {}
-            logits = logits.astype(jnp.float32)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, upd)
+                logits, new_stats = forward(params, stats, x_adv)
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, new_stats)
 
-        (loss, (adv_logits, upd)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (adv_logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         nat_logits = model_logits_fn(config, model, state.params, state.batch_stats)(x)
-        new_stats = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype),
-                                           upd.get("batch_stats", state.batch_stats),
-                                           state.batch_stats)
         metrics = dict(loss=loss, adv_acc=jnp.mean(jnp.argmax(adv_logits, -1) == y),
                        nat_acc=jnp.mean(jnp.argmax(nat_logits, -1) == y), eps=eps)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   batch_stats=new_stats)
+        if config.ema_decay > 0:
+            rate = 1.0 - config.ema_decay
+            new_state = new_state.replace(
+                ema_params=optax.incremental_update(params, state.ema_params, rate),
+                ema_batch_stats=optax.incremental_update(new_stats, state.ema_batch_stats,
+                                                         rate))
         return new_state, metrics
 
     return step_fn
@@ -320,14 +352,20 @@ markdown_table = suite.markdown_table
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *,
-                       stop_after: Optional[int] = None) -> Optional[dict]:
+                       stop_after: Optional[int] = None,
+                       evaluate: bool = True) -> Optional[dict]:
     """Trains (or resumes) and evaluates; the library entry point of the experiments.
 
     Writes ``workdir/config.json``, appends to ``workdir/metrics.jsonl``, keeps
     orbax checkpoints in ``workdir/checkpoints`` and writes ``workdir/results.json``
     (see :mod:`robustjax.workdir`). Returns the results dict. ``stop_after=N``
     stops at step N with a checkpoint and no evaluation (returns None), as a
-    time-boxed job would; the same call without it then resumes.
+    time-boxed job would; the same call without it then resumes. With
+    ``eval_every > 0`` the last ``val_examples`` training examples are held
+    out and scored periodically (:class:`robustjax.validation.PeriodicValidation`);
+    results.json names the best checkpoint. The test evaluation scores the
+    weights :func:`load_model` returns (averaged when ``ema_decay > 0``);
+    ``evaluate=False`` skips it (results.json then has no rows).
 
     What a run survives: a second process on the same workdir raises
     :class:`~robustjax.workdir.WorkdirInUseError` naming the owner; unreadable
@@ -344,6 +382,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     primary = jax.process_index() == 0  # multi-host: one process writes the files
     xtr, ytr = _load_split(config, "train")
     xte, yte = _load_split(config, "test")
+    val = None
+    if config.eval_every:
+        xtr, ytr, xval, yval = validation.split_validation(xtr, ytr, config.val_examples)
+        val = (xval, yval)
     if config.batch_size > len(xtr):
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(xtr)} training "
                          "examples")
@@ -351,20 +393,19 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     try:
         if primary:
             _workdir.write_config(workdir, config)
-        state = _train(config, workdir, mesh, primary, xtr, ytr, stop_after)
-        if state is None:
+        out = _train(config, workdir, mesh, primary, xtr, ytr, stop_after, val)
+        if out is None:
             return None
-        return _evaluate_and_write(config, workdir, primary, state, xte, yte)
+        return _evaluate_and_write(config, workdir, primary, *out, xte, yte, evaluate)
     finally:
         if owner is not None:
             owner.close()
 
 
 def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
-           stop_after: Optional[int]):
-    """The training loop; returns the final state, or None when stopped by ``stop_after``."""
-    import orbax.checkpoint as ocp
-
+           stop_after: Optional[int], val=None):
+    """The training loop; returns ``(final state, training summary)``, or None when
+    stopped by ``stop_after``."""
     model = build_model(config)
     tx = make_optimizer(config)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -376,8 +417,15 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
     if restored is not None:
         state = restored
         log.info("resumed from step %d", int(state.step))
-        if primary:
-            _workdir.truncate_metrics(metrics_path, int(state.step))
+    if primary:
+        _workdir.truncate_metrics(metrics_path, int(state.step))
+    validator = None
+    if val is not None:
+        validator = validation.PeriodicValidation(
+            config, workdir, primary,
+            lambda v: model_logits_fn(config, model, v["params"], v["batch_stats"]), *val)
+        validator.resume(int(state.step))
+    train_s = _workdir.last_record(metrics_path).get("train_s", 0.0)
     one_step = make_train_step(config, model, tx, mesh)
     calls = {1: jax.jit(_stacked(one_step, 1), donate_argnums=0)}
     if config.steps_per_call > 1:
@@ -391,18 +439,20 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
 
     def save(step, state, pending, first):
         _check_finite(pending, first, state, step, manager)
-        manager.save(step, args=ocp.args.StandardSave(state))
+        _workdir.save_state(manager, step, state)
 
     start = int(state.step)
     pending, t_last, s_last = [], time.time(), start
     end = config.steps if stop_after is None else min(stop_after, config.steps)
     done = start
+    val_note = ""
     with _sigterm_flag() as sigterm, open(metrics_path if primary else os.devnull, "a") as mf:
         while done < end:
             # A call of steps_per_call steps, or single steps up to the next log,
-            # checkpoint or end step: at most two compiled programs.
+            # checkpoint, evaluation or end step: at most two compiled programs.
             boundary = min(_next_multiple(done, config.log_every),
-                           _next_multiple(done, config.checkpoint_every), end)
+                           _next_multiple(done, config.checkpoint_every),
+                           _next_multiple(done, config.eval_every or end), end)
             k = config.steps_per_call if boundary - done >= config.steps_per_call else 1
             state, m = calls[k](state, images, labels)
             pending.append(m)
@@ -413,16 +463,28 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
                     lambda *a: jnp.mean(jnp.concatenate(a)), *pending).items()}
                 pending = []
                 now = time.time()
+                train_s += now - t_last
                 ex_s = (done - s_last) * config.batch_size / max(now - t_last, 1e-9)
                 eta = (config.steps - done) * config.batch_size / max(ex_s, 1e-9)
-                rec = dict(step=done, **avg, examples_per_s=ex_s, eta_s=eta, time=now)
+                rec = dict(step=done, **avg, examples_per_s=ex_s, eta_s=eta, time=now,
+                           train_s=train_s)
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
                 log.info("step %d/%d  loss %.4f  nat_acc %.3f  adv_acc %.3f  eps %.3f  "
-                         "%.0f ex/s  ETA %s", done, config.steps, avg["loss"], avg["nat_acc"],
-                         avg["adv_acc"], avg["eps"], ex_s, _fmt_time(eta))
+                         "%.0f ex/s  ETA %s%s", done, config.steps, avg["loss"], avg["nat_acc"],
+                         avg["adv_acc"], avg["eps"], ex_s, _fmt_time(eta), val_note)
                 t_last, s_last = now, done
-            if done % config.checkpoint_every == 0 or done in (config.steps, end):
+            evaluate_now = validator is not None and validator.due(done)
+            if evaluate_now:
+                # Evaluate, offer the state to best_checkpoint/, then checkpoint it
+                # (see PeriodicValidation on resume).
+                _check_finite(pending, s_last + 1, state, done, manager)
+                manager.wait_until_finished()
+                rec = validator.run(done, state)
+                val_note = "  val %s %.3f" % (validator.attack, rec[validator.scored]["robust_acc"])
+                t_last = time.time()
+            if (done % config.checkpoint_every == 0 or done in (config.steps, end)
+                    or evaluate_now):
                 save(done, state, pending, s_last + 1)
             if sigterm.is_set():
                 if manager.latest_step() != done:
@@ -434,7 +496,10 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
     if end < config.steps:
         log.info("stopped at step %d of %d (stop_after)", end, config.steps)
         return None
-    return state
+    summary = dict(final_step=int(state.step), train_s=train_s)
+    if validator is not None:
+        summary["best"] = validator.summary()
+    return state, summary
 
 
 def _stacked(step_fn, k: int):
@@ -491,18 +556,26 @@ class _sigterm_flag:
         return False
 
 
-def _evaluate_and_write(config: TrainConfig, workdir: str, primary: bool, state, xte, yte):
+def _evaluate_and_write(config: TrainConfig, workdir: str, primary: bool, state, summary,
+                        xte, yte, evaluate: bool = True):
     model = build_model(config)
     n = len(xte) if config.eval_examples == -1 else min(config.eval_examples, len(xte))
-    logits_fn = jax.jit(model_logits_fn(config, model, state.params, state.batch_stats))
-    rows = evaluate_model(logits_fn, xte[:n].astype(np.float32) / 255.0, yte[:n], config)
-    results = dict(dataset=config.dataset, split="test", n=int(n),
+    ema = config.ema_decay > 0
+    params, stats = ((state.ema_params, state.ema_batch_stats) if ema
+                     else (state.params, state.batch_stats))
+    rows = []
+    if evaluate:
+        logits_fn = jax.jit(model_logits_fn(config, model, params, stats))
+        rows = evaluate_model(logits_fn, xte[:n].astype(np.float32) / 255.0, yte[:n], config)
+    results = dict(dataset=config.dataset, split="test", n=int(n) if evaluate else 0,
+                   weights="ema" if ema else "last",
                    model=dict(arch=type(model).__name__, width=config.width,
                               params=models.param_count(state.params)),
-                   training=dict(config.to_json(), final_step=int(state.step)), rows=rows)
+                   training=dict(config.to_json(), **summary), rows=rows)
     if primary:
         suite.write_results(os.path.join(workdir, "results.json"), results, table=False)
-    print(markdown_table(rows))
+    if rows:
+        print(markdown_table(rows))
     return results
 
 

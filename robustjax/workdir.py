@@ -9,9 +9,12 @@ A workdir holds
   ends, however it ends, so a killed run never blocks its rerun;
 * ``metrics.jsonl``: one progress record per line; on resume, records after
   the restored step are dropped (they are redone);
-* ``checkpoints/``: orbax checkpoints of the train state. A checkpoint that
-  cannot be read is moved to ``damaged_checkpoints/`` (never deleted) with a
-  warning, and the newest readable one is used;
+* ``checkpoints/``: orbax checkpoints of the train state (the two newest). A
+  checkpoint that cannot be read is moved to ``damaged_checkpoints/`` (never
+  deleted) with a warning, and the newest readable one is used;
+* ``eval.jsonl`` and ``best_checkpoint/`` (with ``eval_every > 0``): one
+  validation record per evaluation, and the checkpoint with the best robust
+  validation accuracy, kept by orbax's ``best_fn`` option;
 * ``results.json``: the evaluation, written atomically.
 
 :func:`load_run` and :func:`load_model` read a trained model back.
@@ -19,6 +22,7 @@ A workdir holds
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -26,16 +30,16 @@ import os
 import shutil
 import socket
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from robustjax.config import RESUMABLE_CHANGES, TrainConfig
 
-__all__ = ["WorkdirInUseError", "CheckpointError", "lock", "write_config", "truncate_metrics",
-           "checkpoint_manager", "restore_latest", "LoadedRun", "load_run", "load_model",
-           "SAMPLE_SHAPE"]
+__all__ = ["WorkdirInUseError", "CheckpointError", "lock", "write_config", "truncate_metrics", "last_record",
+           "checkpoint_manager", "best_checkpoint_manager", "save_state", "restore_latest",
+           "LoadedRun", "load_run", "load_model", "WEIGHTS", "SAMPLE_SHAPE"]
 
 log = logging.getLogger("robustjax")
 
@@ -117,9 +121,21 @@ def truncate_metrics(path: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def last_record(path: str) -> dict:
+    """The last record of a ``.jsonl`` file ({} if there is none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------
+
+BEST_METRIC = "val_robust_acc"
+
 
 def checkpoint_manager(workdir: str):
     """The orbax manager of ``workdir/checkpoints`` (the two newest are kept)."""
@@ -130,11 +146,40 @@ def checkpoint_manager(workdir: str):
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+def best_checkpoint_manager(workdir: str):
+    """The orbax manager of ``workdir/best_checkpoint``: keeps the one checkpoint whose
+    ``val_robust_acc`` metric is highest (orbax ``best_fn``; on a tie, the later step)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "best_checkpoint"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+            keep_checkpoints_without_metrics=False))
+
+
+_MANAGERS = {"checkpoints": checkpoint_manager, "best_checkpoint": best_checkpoint_manager}
+
+
+def _tree(state) -> dict:
+    """The train state as saved: its fields without the unused (None) ones, so runs
+    without weight averaging keep the checkpoint layout of earlier versions."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None}
+
+
+def save_state(manager, step: int, state, metrics: Optional[dict] = None) -> None:
+    """Saves ``state`` at ``step`` (with ``metrics`` for a best-checkpoint manager)."""
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.StandardSave(_tree(state)), metrics=metrics)
+
+
 def _restore(manager, state, step: int):
     import orbax.checkpoint as ocp
 
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _tree(state))
+    return state.replace(**manager.restore(step, args=ocp.args.StandardRestore(abstract)))
 
 
 def restore_latest(workdir: str, manager, state, *, move_damaged: bool = True):
@@ -155,7 +200,8 @@ def restore_latest(workdir: str, manager, state, *, move_damaged: bool = True):
             return manager, _restore(manager, state, step)
         except Exception as e:  # orbax / TensorStore raise many types for a bad file
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            src = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+            subdir = os.path.basename(os.fspath(manager.directory).rstrip("/"))
+            src = os.path.join(os.path.abspath(workdir), subdir, str(step))
             if not move_damaged:
                 log.warning("checkpoint %s cannot be read (%s); trying an older one", src, reason)
                 bad.append(src)
@@ -167,9 +213,9 @@ def restore_latest(workdir: str, manager, state, *, move_damaged: bool = True):
             shutil.move(src, dst)
             bad.append(dst)
             manager.close()
-            manager = checkpoint_manager(workdir)
+            manager = _MANAGERS[subdir](workdir)
     raise CheckpointError(
-        f"no checkpoint in {workdir}/checkpoints can be read ({', '.join(bad)}); to start "
+        f"no checkpoint in {workdir}/{subdir} can be read ({', '.join(bad)}); to start "
         f"over, remove {workdir}/checkpoints and {workdir}/metrics.jsonl, or use another "
         "--workdir")
 
@@ -178,6 +224,9 @@ def restore_latest(workdir: str, manager, state, *, move_damaged: bool = True):
 # Reading a trained model back
 # ----------------------------------------------------------------------------
 
+WEIGHTS = ("last", "ema", "best")
+
+
 class LoadedRun(NamedTuple):
     """A trained model read back from a workdir by :func:`load_run`."""
 
@@ -185,11 +234,24 @@ class LoadedRun(NamedTuple):
     config: TrainConfig
     params: int  # parameter count
     step: int  # training step of the checkpoint
-    variables: Any = None  # {"params": ..., "batch_stats": ...} of the checkpoint
+    variables: Any = None  # {"params": ..., "batch_stats": ...} of the weights loaded
+    which: str = "last"  # which weights: "last", "ema" or "best"
 
 
-def load_run(workdir: str) -> LoadedRun:
-    """The newest readable checkpoint in ``workdir`` with its configuration."""
+def _default_weights(config: TrainConfig) -> str:
+    return "ema" if config.ema_decay > 0 else "last"
+
+
+def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
+    """A trained model of ``workdir`` with its configuration.
+
+    ``which``: ``"last"``, the raw weights of the newest readable checkpoint;
+    ``"ema"``, the averaged weights of that checkpoint (runs with
+    ``ema_decay > 0``); ``"best"``, the checkpoint with the best robust
+    validation accuracy (runs with ``eval_every > 0``), in the weights that
+    were scored (averaged when ``ema_decay > 0``, else raw). Default: ``"ema"``
+    when the run averages weights, else ``"last"``.
+    """
     from robustjax import models, train  # train builds the state this module restores
 
     path = os.path.join(workdir, "config.json")
@@ -197,21 +259,40 @@ def load_run(workdir: str) -> LoadedRun:
         raise FileNotFoundError(f"{path}: not found; is {workdir!r} a robustjax workdir?")
     with open(path) as f:
         config = TrainConfig.from_json(json.load(f))
+    which = _default_weights(config) if which is None else which
+    if which not in WEIGHTS:
+        raise ValueError(f"which must be one of {WEIGHTS} or None, got {which!r}")
+    if which == "ema" and not config.ema_decay > 0:
+        raise ValueError(f"which='ema': the run in {workdir} keeps no averaged weights "
+                         "(ema_decay is 0); use which='last'")
+    if which == "best" and not config.eval_every > 0:
+        raise ValueError(f"which='best': the run in {workdir} was trained without periodic "
+                         "validation (eval_every is 0); use which='last'")
     model = train.build_model(config)
     state = train.create_state(config, model, train.make_optimizer(config),
                                jnp.zeros(SAMPLE_SHAPE[config.dataset], jnp.float32))
-    _, restored = restore_latest(workdir, checkpoint_manager(workdir), state, move_damaged=False)
+    subdir = "best_checkpoint" if which == "best" else "checkpoints"
+    if not os.path.isdir(os.path.join(workdir, subdir)):
+        raise FileNotFoundError(f"{workdir}: no {subdir}/ to load")
+    _, restored = restore_latest(workdir, _MANAGERS[subdir](workdir), state,
+                                 move_damaged=False)
     if restored is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to load")
-    fn = train.model_logits_fn(config, model, restored.params, restored.batch_stats)
+        raise FileNotFoundError(f"{workdir}: no checkpoint in {subdir}/ to load")
+    if which == "ema" or (which == "best" and config.ema_decay > 0):
+        params, stats = restored.ema_params, restored.ema_batch_stats
+    else:
+        params, stats = restored.params, restored.batch_stats
+    fn = train.model_logits_fn(config, model, params, stats)
     return LoadedRun(logits_fn=jax.jit(fn), config=config,
-                     params=models.param_count(restored.params), step=int(restored.step),
-                     variables=dict(params=restored.params, batch_stats=restored.batch_stats))
+                     params=models.param_count(params), step=int(restored.step),
+                     variables=dict(params=params, batch_stats=stats), which=which)
 
 
-def load_model(workdir: str):
-    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of the newest checkpoint.
+def load_model(workdir: str, which: Optional[str] = None):
+    """``logits_fn(x)`` (x NHWC in [0, 1] -> logits, eval mode) of a trained run.
 
-    The handle that research code composes attacks with (paper Section 4 models).
+    The handle that research code composes attacks with (paper Section 4
+    models). ``which`` picks the weights, see :func:`load_run`: by default the
+    averaged ones when the run keeps them, else the newest checkpoint's.
     """
-    return load_run(workdir).logits_fn
+    return load_run(workdir, which).logits_fn

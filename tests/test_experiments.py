@@ -230,3 +230,46 @@ def test_cifar10_entry_points(cifar_dir, tmp_path):
         ("Natural", 0), ("FGSM", 1), ("PGD", 7), ("PGD", 20), ("CW", 30)]
     p = _run("experiments.cifar10", f"--workdir={tmp_path / 'x'}", "--dataset=mnist")
     assert p.returncode != 0 and "--dataset must be one of ('cifar10',)" in p.stderr
+
+
+def test_compare_training_entry_point(idx_dir, tmp_path):
+    """One method end to end: training with EMA and validation, the last / averaged / best
+    weights under clean, PGD and AutoAttack, the table, the JSON and both plots; a rerun
+    resumes everything (no training step, no attack is redone)."""
+    pytest.importorskip("matplotlib")
+    root = str(tmp_path / "cmp")
+    args = ["experiments.compare_training", "--dataset=mnist", f"--data_dir={idx_dir}",
+            f"--root={root}", "--methods=fast_at", "--width=1", "--steps=4", "--batch_size=20",
+            "--eval_every=2", "--val_examples=40", "--val_attack_steps=2", "--checkpoint_every=2",
+            "--log_every=2", "--test_examples=20", "--attack_batch_size=20",
+            "--eval_pgd_steps=2", "--ema_decay=0.5"]
+    p = _run(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.load(open(os.path.join(root, "comparison.json")))
+    assert res["n"] == 20 and res["dataset"] == "mnist" and res["methods"] == ["fast_at"]
+    assert [(r["method"], r["weights"]) for r in res["rows"]] == [
+        ("fast_at", "last"), ("fast_at", "ema"), ("fast_at", "best")]
+    for r in res["rows"]:
+        assert 0 <= r["autoattack"] <= r["pgd"] + 0.05 and r["pgd"] <= r["clean"]
+        assert r["train_s"] > 0
+    assert res["best"]["fast_at"]["best_step"] in (2, 4)
+    assert "| Fast AT (FGSM-RS) | ema |" in open(os.path.join(root, "comparison.md")).read()
+    for png in ("validation.png", "clean_vs_autoattack.png"):
+        assert os.path.getsize(os.path.join(root, png)) > 5000
+    cfg = json.load(open(os.path.join(root, "fast_at", "config.json")))
+    assert cfg["train_attack"] == "fgsm_rs" and cfg["ema_decay"] == 0.5
+    p = _run(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "step 2/4" not in p.stdout + p.stderr  # nothing retrained
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "eval_s"} for r in rows]  # noqa
+    assert strip(json.load(open(os.path.join(root, "comparison.json")))["rows"]) == strip(
+        res["rows"])
+
+
+def test_compare_training_errors(tmp_path):
+    p = _run("experiments.compare_training", f"--root={tmp_path}", "--methods=natural,mart")
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: methods")
+    p = _run("experiments.compare_training", f"--root={tmp_path}", "--methods=madry:2")
+    assert p.returncode == 1 and "trades:BETA" in p.stderr
+    p = _run("experiments.compare_training", f"--root={tmp_path}", "--dataset=cifar10")
+    assert p.returncode != 0 and "--dataset" in p.stderr
