@@ -21,7 +21,8 @@ keeping the best checkpoint (Rice et al. 2020). Then the last, averaged and
 best weights of each method are evaluated on the first ``--test_examples``
 test images: clean, PGD-40 (step 2.5 eps / 40, random start) and the AutoAttack
 ensemble (standard version). Finished rows are stored in
-ROOT/<method>/eval_<weights> and skipped by a rerun.
+ROOT/<method>/eval_<weights> and skipped by a rerun; a best checkpoint that is
+the last step's weights is not evaluated twice (its row says ``same_as``).
 
 Writes ROOT/comparison.json, ROOT/comparison.md (method, weights, step, clean,
 PGD-40, AutoAttack, training time, notes: a catastrophic overfitting detected
@@ -124,8 +125,16 @@ def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_si
         training = json.load(f)["training"]
     with open(os.path.join(run_dir, "config.json")) as f:
         config = train.TrainConfig.from_json(json.load(f))
+    evaluated = {}  # (step, "last" | "ema") -> row: the best checkpoint is often the last
     for which in weights_of(config):
         run = train.load_run(run_dir, which)
+        kind = "ema" if which == "ema" or (which == "best" and config.ema_decay > 0) else "last"
+        if (run.step, kind) in evaluated:
+            same = evaluated[(run.step, kind)]
+            out.append(dict(same, weights=which, same_as=same["weights"], eval_s=0.0))
+            print(f"{method:>10s} {which:>4s} (step {run.step}): the same weights as "
+                  f"'{same['weights']}'", flush=True)
+            continue
         t0 = time.time()
         res = suite.run_suite(run.logits_fn, x, y, eval_specs(run.config.eps, pgd_steps),
                               batch_size=batch_size, key=jax.random.PRNGKey(seed),
@@ -140,6 +149,7 @@ def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_si
               f"PGD-{pgd_steps} {100 * row['pgd']:.2f}%  AutoAttack "
               f"{100 * row['autoattack']:.2f}%", flush=True)
         out.append(row)
+        evaluated[(run.step, kind)] = row
     return out
 
 
