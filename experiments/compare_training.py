@@ -31,9 +31,10 @@ validation accuracy during training per method, raw and averaged weights) and
 ROOT/clean_vs_autoattack.png.
 
 The defaults are the acceptance recipe (full Fashion-MNIST, eps 0.1, MnistCNN(2),
-Adam 1e-3, batch 128, 4,000 steps, PGD-10 of step 0.025): on a 2-core CPU the
-whole comparison takes about an hour; see README "Training methods compared"
-and benchmarks/RESULTS.md for the figures it reached.
+Adam 1e-3, batch 128, 4,000 steps, PGD-10 of step 0.025). On a 2-core AMD EPYC
+the whole comparison took 88 minutes and reached, under AutoAttack on 1,000
+test images (averaged weights): natural 0.9%, Madry 61.4%, TRADES 59.9%, Fast AT
+55.7%; see README "Training methods compared" and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

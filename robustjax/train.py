@@ -6,8 +6,10 @@ maximum is the gradient of the loss at a maximiser, so each step
 
 1. finds adversarial examples with the attack library (PGD or FGSM), wrapped in
    ``jax.lax.stop_gradient``;
-2. takes the loss on the adversarial examples only, as the paper does, and
-3. applies its parameter gradient through optax.
+2. takes the loss on the adversarial examples only, as the paper does (or
+   TRADES' clean cross-entropy plus beta * KL, :mod:`robustjax.trades`), and
+3. applies its parameter gradient through optax, and updates the weight
+   average when ``ema_decay > 0``.
 
 Attack and update are one jitted function. The whole training set lives on the
 device, and the batch for step ``s`` is a pure function of ``s``: the
