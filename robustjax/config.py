@@ -119,7 +119,9 @@ class TrainConfig:
         "not depend on it; calls stop at log, checkpoint and end steps.", minimum=1)
     checkpoint_every: int = _field(1000, "Steps between checkpoints.", minimum=1)
     eval_examples: int = _field(-1, "Test examples to evaluate (-1: all).", minimum=-1)
-    eval_batch_size: int = _field(500, "Evaluation batch size.", minimum=1)
+    eval_batch_size: int = _field(
+        500, "Evaluation batch size (also of the periodic validation, whose batch i "
+        "attacks with a key fixed by i).", minimum=1)
     eval_attack_steps: tuple = _field((40, 100), "PGD steps of the evaluation rows.")
     eval_attack_step_size: float = _field(
         0.01, "PGD step size of the evaluation rows (the paper: 0.01 at eps 0.3).",

@@ -482,9 +482,10 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
                 # (see PeriodicValidation on resume).
                 _check_finite(pending, s_last + 1, state, done, manager)
                 manager.wait_until_finished()
+                t_eval = time.time()
                 rec = validator.run(done, state)
-                val_note = "  val %s %.3f" % (validator.attack, rec[validator.scored]["robust_acc"])
-                t_last = time.time()
+                val_note = f"  val {validator.attack} {rec[validator.scored]['robust_acc']:.3f}"
+                t_last += time.time() - t_eval  # validation time is not training time
             if (done % config.checkpoint_every == 0 or done in (config.steps, end)
                     or evaluate_now):
                 save(done, state, pending, s_last + 1)

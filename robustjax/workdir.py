@@ -96,7 +96,10 @@ def write_config(workdir: str, config: TrainConfig) -> bool:
         with open(path) as f:
             old = TrainConfig.from_json(json.load(f)).to_json()
         new = config.to_json()
-        diff = [k for k in new if old.get(k) != new[k] and k not in RESUMABLE_CHANGES]
+        # With periodic validation, eval_batch_size also fixes the validation
+        # batches and their attack keys: changing it would change eval.jsonl.
+        resumable = RESUMABLE_CHANGES - ({"eval_batch_size"} if config.eval_every else set())
+        diff = [k for k in new if old.get(k) != new[k] and k not in resumable]
         if diff:
             raise ValueError(
                 f"{workdir} holds a run with a different configuration "

@@ -258,3 +258,19 @@ def test_load_model_refuses_weights_the_run_does_not_keep(idx_dir, tmp_path):
     for which, msg in (("ema", "ema_decay"), ("best", "eval_every"), ("raw", "which")):
         with pytest.raises(ValueError, match=msg):
             workdir.load_model(str(tmp_path), which)
+
+
+def test_rerun_may_not_change_the_validation_batches(tmp_path):
+    """eval_batch_size may change on a rerun, except with periodic validation, where
+    it fixes the validation batches and their attack keys."""
+    for eval_every, refused in ((0, False), (10, True)):
+        wd = str(tmp_path / str(eval_every))
+        os.makedirs(wd)
+        cfg = train.TrainConfig(eval_every=eval_every)
+        workdir.write_config(wd, cfg)
+        other = dataclasses.replace(cfg, eval_batch_size=100)
+        if refused:
+            with pytest.raises(ValueError, match="eval_batch_size"):
+                workdir.write_config(wd, other)
+        else:
+            assert workdir.write_config(wd, other)
