@@ -161,7 +161,8 @@ def markdown(rows: list[dict], pgd_steps: int) -> str:
         note = ("catastrophic overfitting at step " +
                 ", ".join(str(s) for s in r["catastrophic_overfitting_steps"])
                 if r["catastrophic_overfitting_steps"] else "")
-        lines.append(f"| {r['title']} | {r['weights']} | {r['step']} | "
+        weights = r["weights"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
+        lines.append(f"| {r['title']} | {weights} | {r['step']} | "
                      f"{100 * r['clean']:.2f}% | {100 * r['pgd']:.2f}% | "
                      f"{100 * r['autoattack']:.2f}% | {r['train_s'] / 60:.1f} min | {note} |")
     return "\n".join(lines) + "\n"
