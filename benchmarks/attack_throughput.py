@@ -12,18 +12,16 @@ images per second.
 Commands (figures in benchmarks/RESULTS.md):
 
   pip install torch==2.13.0   # CPU build; or `pip install -e ".[bench]"` on a GPU machine
-  python -m benchmarks.attack_throughput                       # tuned XLA CPU flags
+  python -m benchmarks.attack_throughput                       # robustjax defaults
   python -m benchmarks.attack_throughput --xla_preset=default  # JAX's own defaults
   python -m benchmarks.attack_throughput --jax_platforms=cuda  # GPU (torch on CUDA)
 
-XLA presets (CPU only; they must be set before JAX starts its backend, so they
-are a flag of this script rather than something the library does globally):
+XLA presets (CPU only):
 
-  default  no XLA flags.
-  tuned    --xla_cpu_experimental_ynn_fusion_type=dot: YNNPACK keeps the
-           matmuls, convolutions go to XLA's multi-threaded Eigen kernels. With
-           the default fusion types YNNPACK runs each convolution on one thread
-           (measured: the same time with 1 or 2 cores).
+  tuned    robustjax's defaults (robustjax/xla_defaults.py, added when robustjax
+           is imported: --xla_cpu_experimental_ynn_fusion_type=dot; YNNPACK keeps
+           the matmuls, convolutions go to XLA's multi-threaded Eigen kernels).
+  default  JAX's own settings (ROBUSTJAX_XLA_DEFAULTS=0).
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ _MIN_TIME = flags.DEFINE_float("min_time", 0.5, "Seconds per timing sample (smal
                                "run several attacks per sample).")
 _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
 _XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
-                                "XLA CPU flag preset (see module docstring).")
+                                "tuned: robustjax's XLA defaults; default: JAX's (docstring).")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "fori_loop unroll of the JAX attack.")
 _LOOP_FRIENDLY = flags.DEFINE_bool("loop_friendly", True, "MnistCNN(loop_friendly=...): False "
                                    "times the stock Flax/lax layers (the baseline).")
@@ -109,7 +107,7 @@ def main(argv):
     device = jax.devices()[0].device_kind
     print(f"# PGD-{steps} (eps {EPS}, step {STEP}, random start), MnistCNN(16), fp32")
     print(f"# JAX {jax.__version__} on {platform} ({device}); PyTorch {torch.__version__} on "
-          f"{tdev}; threads {threads}; XLA flags added: {added_flags or 'none'}; "
+          f"{tdev}; threads {threads}; XLA_FLAGS: {added_flags or 'none'}; "
           f"loop_friendly={_LOOP_FRIENDLY.value}; unroll={unroll}; "
           f"max logit difference {diff:.1e}")
     rows = []

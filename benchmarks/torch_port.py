@@ -4,26 +4,42 @@ from __future__ import annotations
 
 import os
 
-TUNED_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot"
-
-
 def configure_xla(preset: str, threads: int) -> str:
-    """Sets XLA_FLAGS before the JAX backend starts; returns what was added.
+    """Chooses the XLA flags before the JAX backend starts; returns the resulting XLA_FLAGS.
 
-    ``tuned`` adds --xla_cpu_experimental_ynn_fusion_type=dot (YNNPACK keeps the
-    matmuls, convolutions go to XLA's multi-threaded Eigen kernels; with the
-    default fusion types YNNPACK runs each convolution on one thread);
-    ``default`` adds nothing. ``threads`` > 0 also caps XLA's intra-op threads.
+    ``tuned``: robustjax's own defaults (:mod:`robustjax.xla_defaults`, added
+    when robustjax is imported); ``default``: none of them
+    (``ROBUSTJAX_XLA_DEFAULTS=0``), i.e. JAX's own settings. ``threads`` > 0
+    also caps XLA's intra-op threads. A flag already in the user's XLA_FLAGS
+    is left as it is either way.
     """
-    added = []
-    if preset == "tuned":
-        added.append(TUNED_CPU_FLAGS)
+    if preset == "default":
+        os.environ["ROBUSTJAX_XLA_DEFAULTS"] = "0"
     if threads:
-        added.append(f"--xla_cpu_multi_thread_eigen=true "
-                     f"intra_op_parallelism_threads={threads}")
-    if added:
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + added).strip()
-    return " ".join(added)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_cpu_multi_thread_eigen=true "
+                                   f"intra_op_parallelism_threads={threads}").strip()
+    import robustjax  # noqa: F401 -- adds its XLA defaults now, before any backend starts
+    return os.environ.get("XLA_FLAGS", "")
+
+
+def cpu_description() -> str:
+    """``lscpu``'s model name and the widest x86 vector ISA (AVX-512 / AVX2), or the platform."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    name = fields.get("Model name", "").strip() or platform.machine()
+    cpu_flags = fields.get("Flags", "").split()
+    isa = ("AVX-512" if "avx512f" in cpu_flags else "AVX2" if "avx2" in cpu_flags
+           else "no AVX2")
+    family = fields.get("CPU family", "").strip()
+    model = fields.get("Model", "").strip()
+    return f"{name} (family {family} model {model}, {isa})"
 
 
 def torch_mnist_cnn(params):

@@ -26,19 +26,28 @@ Modules:
   validation -- the held-out split, periodic robust validation, the best checkpoint
               (Rice et al. 2020) and catastrophic-overfitting detection (Wong et al. 2020).
   rowstore -- finished rows of an evaluation on disk, so tables resume.
+  fastpath -- any model's convolutions and max-pools rewritten for fast input gradients
+              (applied by the attacks on the CPU; ROBUSTJAX_FAST_GRAD=0 turns it off).
+  xla_defaults -- XLA flags robustjax adds when imported before JAX starts a backend
+              (ROBUSTJAX_XLA_DEFAULTS=0 turns them off; the user's XLA_FLAGS win).
 """
 
-from robustjax import (apgd, attacks, augment, autoattack, config, data, evaluate, fab,
-                       landscape, layers, models, rowstore, square, suite, sweeps, trades, train,
-                       validation, workdir)
-from robustjax.attacks import fgsm, fgsm_rs, pgd
-from robustjax.evaluate import RobustAccuracy, robust_accuracy
-from robustjax.models import CifarResNet, MnistCNN
-from robustjax.train import TrainConfig, load_model, train_and_evaluate
+# Before anything can start a JAX backend: XLA reads XLA_FLAGS only once.
+from robustjax import xla_defaults as _xla_defaults  # isort: skip
+
+_xla_defaults.apply()
+
+from robustjax import (  # noqa: E402
+    apgd, attacks, augment, autoattack, config, data, evaluate, fab, fastpath, landscape, layers,
+    models, rowstore, square, suite, sweeps, trades, train, validation, workdir, xla_defaults)
+from robustjax.attacks import fgsm, fgsm_rs, pgd  # noqa: E402
+from robustjax.evaluate import RobustAccuracy, robust_accuracy  # noqa: E402
+from robustjax.models import CifarResNet, MnistCNN  # noqa: E402
+from robustjax.train import TrainConfig, load_model, train_and_evaluate  # noqa: E402
 
 __all__ = ["apgd", "attacks", "augment", "autoattack", "config", "data", "evaluate", "fab",
-           "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps", "trades",
-           "train", "validation", "workdir",
-           "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet", "TrainConfig",
-           "load_model", "train_and_evaluate"]
+           "fastpath", "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps",
+           "trades", "train", "validation", "workdir", "xla_defaults",
+           "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet",
+           "TrainConfig", "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

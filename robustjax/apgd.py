@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import attacks as _a
+from robustjax import fastpath
 
 __all__ = ["APGD_LOSSES", "dlr_loss", "dlr_loss_targeted", "checkpoint_schedule",
            "step_size_halvings", "apgd", "apgd_t"]
@@ -321,6 +322,7 @@ def _run_apgd(logits_fn, x, y, key, *, eps, norm, loss, num_steps, restarts, rho
               eot_samples, cw_kappa, bounds, targeted, target_ranks):
     """Runs over the target ranks (or once, untargeted) x restarts; returns (x, fooled, loss)."""
     lo, hi = bounds
+    logits_fn = fastpath.auto(logits_fn)
     objective = _objective(loss, targeted, cw_kappa)
     geometry = _a.NORMS[norm]
     kclean, kruns = jax.random.split(key)

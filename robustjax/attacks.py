@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import fastpath
+
 __all__ = [
     "LogitsFn", "Norm", "LINF", "L2", "NORMS", "LOSSES",
     "xent_loss", "cw_loss", "margin", "attack_objective", "is_fooled",
@@ -281,7 +283,7 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, *, eps, loss: str = "xent",
     _check_scalar("cw_kappa", cw_kappa)
     lo, hi = _check_bounds(bounds)
     objective = attack_objective(loss, targeted=targeted, cw_kappa=cw_kappa)
-    grad = _objective_grad(logits_fn, objective, x, y)
+    grad = _objective_grad(fastpath.auto(logits_fn), objective, x, y)
     return jnp.clip(x + eps * jnp.sign(grad), lo, hi).astype(x.dtype)
 
 
@@ -328,7 +330,11 @@ def pgd_step(logits_fn, objective, geometry: Norm, x, y, x_adv, step_size, *, ep
     The next iterate is ``clip(x + Pi_eps(x_adv + step_size * ascent(grad) - x))``.
     The objective value comes with the gradient at no extra cost; the loss
     landscape (:mod:`robustjax.landscape`) records it along each trajectory.
+    ``logits_fn`` goes through :func:`robustjax.fastpath.auto` (fast input
+    gradients for stock convolution and pooling layers on the CPU).
     """
+    logits_fn = fastpath.auto(logits_fn)
+
     def total(z):
         value = objective(_checked_logits(logits_fn, z), y)
         return jnp.sum(value), value
@@ -414,6 +420,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps, step_size: 
         raise ValueError("key must be a jax.random key when random_start=True or "
                          "restarts > 1, got None")
     objective = attack_objective(loss, targeted=targeted, cw_kappa=cw_kappa)
+    logits_fn = fastpath.auto(logits_fn)
 
     def run(k):
         return _pgd_single(logits_fn, objective, NORMS[norm], x, y, k, eps=eps,

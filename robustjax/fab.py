@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from robustjax import attacks as _a
+from robustjax import fastpath
 
 __all__ = ["project_onto_hyperplane", "fab_min_norm", "fab"]
 
@@ -272,6 +273,7 @@ def fab_min_norm(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], 
         raise ValueError("eps must be given for restarts > 1 (it sets the random starts)")
     if key is None and restarts > 1:
         raise ValueError("key must be a jax.random key when restarts > 1, got None")
+    logits_fn = fastpath.auto(logits_fn)
     clean = _a._checked_logits(logits_fn, x)
     num_classes = clean.shape[-1]
     if targeted:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["conv_general_dilated", "max_pool_2x2", "max_pool_2x2_autodiff",
-           "IM2COL_MAX_IN_FEATURES"]
+           "max_pool_tiled", "IM2COL_MAX_IN_FEATURES"]
 
 IM2COL_MAX_IN_FEATURES = 4
 """Convolutions with at most this many input channels use im2col + matmul."""
@@ -223,3 +223,55 @@ def _pool_bwd(residuals, g):
 
 
 max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
+
+
+def _tiled_view(x, window):
+    """x cropped to whole windows and reshaped to [..., n_i, k_i, ...] per axis i."""
+    x = x[tuple(slice(0, (n // k) * k) for n, k in zip(x.shape, window))]
+    shape = []
+    for n, k in zip(x.shape, window):
+        shape += [n // k, k]
+    return x.reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_tiled(x: jax.Array, window: tuple) -> jax.Array:
+    """Max-pooling whose windows tile the input: window = stride on every axis, no padding.
+
+    ``window`` gives the window (= stride) per axis of ``x``, in any layout
+    (NHWC, NCHW, 1-D or 3-D); trailing elements that do not fill a window are
+    dropped, as VALID pooling does. The same function as
+    ``lax.reduce_window(x, -inf, lax.max, window, window, "VALID")`` and the
+    same gradient as JAX's: each window's gradient goes to its first maximum
+    in row-major window order. Computed as reshape + max, without
+    ``reduce_window``, whose gradient is a slow select-and-scatter on CPU.
+    """
+    return jnp.max(_tiled_view(x, window), axis=tuple(range(1, 2 * x.ndim, 2)))
+
+
+def _tiled_fwd(x, window):
+    y = max_pool_tiled(x, window)
+    return y, (x, y)
+
+
+def _tiled_bwd(window, residuals, g):
+    x, y = residuals
+    view = _tiled_view(x, window)
+    yb = jnp.expand_dims(y, tuple(range(1, 2 * x.ndim, 2)))
+    gb = jnp.expand_dims(g, tuple(range(1, 2 * x.ndim, 2)))
+    nd = x.ndim
+    # Flatten each window's offsets (row-major) onto one trailing axis, take the first maximum.
+    perm = tuple(range(0, 2 * nd, 2)) + tuple(range(1, 2 * nd, 2))
+    flat = jnp.transpose(view == yb, perm).reshape(y.shape + (-1,))
+    first = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=bool)
+    inv = tuple(i for pair in zip(range(nd), range(nd, 2 * nd)) for i in pair)
+    first = jnp.transpose(first.reshape(y.shape + tuple(window)), inv)
+    dx = jnp.where(first, gb, jnp.zeros((), g.dtype)).reshape(
+        tuple(n * k for n, k in zip(y.shape, window)))
+    pad = [(0, n - m) for n, m in zip(x.shape, dx.shape)]
+    if any(hi for _, hi in pad):
+        dx = jnp.pad(dx, pad)
+    return (dx,)
+
+
+max_pool_tiled.defvjp(_tiled_fwd, _tiled_bwd)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax import attacks
+from robustjax import attacks, fastpath
 
 __all__ = ["kl_divergence", "trades_attack", "trades_loss"]
 
@@ -50,6 +50,7 @@ def trades_attack(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
     attacks._check_choice("norm", norm, tuple(attacks.NORMS))
     lo, hi = attacks._check_bounds(bounds)
     geometry = attacks.NORMS[norm]
+    logits_fn = fastpath.auto(logits_fn)
     clean_logits = jax.lax.stop_gradient(logits_fn(x))
     noise = init_std * jax.random.normal(key, x.shape, jnp.float32)
     x_adv = jnp.clip(x + geometry.project(noise.astype(x.dtype), eps), lo, hi).astype(x.dtype)
