@@ -47,6 +47,10 @@ _UNROLL = flags.DEFINE_integer("unroll", 1, "fori_loop unroll of the JAX attack.
 _LOOP_FRIENDLY = flags.DEFINE_bool("loop_friendly", True, "MnistCNN(loop_friendly=...): False "
                                    "times the stock Flax/lax layers (the baseline).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
+_PEER = flags.DEFINE_bool("peer", True, "Time PyTorch too (--nopeer, or torch missing: "
+                          "robustjax alone).")
+_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Also time the PyTorch attack on "
+                                   "torch.compile(model).")
 
 EPS, STEP = 0.3, 0.01
 
@@ -74,28 +78,40 @@ def main(argv):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
 
     from robustjax import attacks, models
 
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    peer = _PEER.value and torch is not None
     platform = jax.default_backend()
-    torch.set_num_threads(threads)
-    tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if tdev.type == "cuda" else (lambda: None)
-    if tdev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
     model = models.MnistCNN(16, loop_friendly=_LOOP_FRIENDLY.value)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-    net = torch_mnist_cnn(params).to(tdev)
+    diff, tdev, nets = None, "none", {}
+    if peer:
+        torch.set_num_threads(threads)
+        tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available()
+                            else "cpu")
+        if tdev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        net = torch_mnist_cnn(params).to(tdev)
+        nets["torch"] = net
+        if _TORCH_COMPILE.value:
+            nets["torch_compiled"] = torch.compile(net)
 
-    probe = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
-    diff = np.abs(np.asarray(model.apply(params, probe)) -
-                  net(torch.from_numpy(probe.transpose(0, 3, 1, 2)).to(tdev)).detach()
-                  .cpu().numpy()).max()
-    if diff > 1e-3:
-        raise SystemExit(f"the two models disagree (max logit difference {diff}); "
-                         "the comparison would not be like for like")
+        probe = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
+        diff = np.abs(np.asarray(model.apply(params, probe)) -
+                      net(torch.from_numpy(probe.transpose(0, 3, 1, 2)).to(tdev)).detach()
+                      .cpu().numpy()).max()
+        if diff > 1e-3:
+            raise SystemExit(f"the two models disagree (max logit difference {diff}); "
+                             "the comparison would not be like for like")
+
+    def sync():
+        if peer and tdev.type == "cuda":
+            torch.cuda.synchronize()
 
     steps, unroll = _STEPS.value, _UNROLL.value
 
@@ -106,68 +122,78 @@ def main(argv):
 
     device = jax.devices()[0].device_kind
     print(f"# PGD-{steps} (eps {EPS}, step {STEP}, random start), MnistCNN(16), fp32")
-    print(f"# JAX {jax.__version__} on {platform} ({device}); PyTorch {torch.__version__} on "
-          f"{tdev}; threads {threads}; XLA_FLAGS: {added_flags or 'none'}; "
-          f"loop_friendly={_LOOP_FRIENDLY.value}; unroll={unroll}; "
-          f"max logit difference {diff:.1e}")
+    print(f"# JAX {jax.__version__} on {platform} ({device}); PyTorch "
+          f"{torch.__version__ if torch else 'not installed'} on {tdev}; threads {threads}; "
+          f"XLA_FLAGS: {added_flags or 'none'}; loop_friendly={_LOOP_FRIENDLY.value}; "
+          f"unroll={unroll}; max logit difference {diff}")
     rows = []
     for b in [int(v) for v in _BATCHES.value]:
         rng = np.random.default_rng(b)
         x = rng.random((b, 28, 28, 1)).astype(np.float32)
         y = rng.integers(0, 10, b).astype(np.int32)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(tdev)
-        yt = torch.from_numpy(y.astype(np.int64)).to(tdev)
 
         t0 = time.perf_counter()
         jax_attack(params, xj, yj, jax.random.PRNGKey(0)).block_until_ready()
         compile_s = time.perf_counter() - t0
-        _torch_pgd(net, xt, yt, EPS, STEP, steps)
-        sync()
 
         def run_jax(n, i):
             for j in range(n):
                 out = jax_attack(params, xj, yj, jax.random.PRNGKey(i * 1000 + j))
             out.block_until_ready()
 
-        def run_torch(n, i):
-            for _ in range(n):
-                _torch_pgd(net, xt, yt, EPS, STEP, steps)
-            sync()
+        runners = {"jax": run_jax}
+        if peer:
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(tdev)
+            yt = torch.from_numpy(y.astype(np.int64)).to(tdev)
+            for name, net in nets.items():
+                def run_torch(n, i, net=net):
+                    for _ in range(n):
+                        _torch_pgd(net, xt, yt, EPS, STEP, steps)
+                    sync()
+                run_torch(1, 0)  # warm-up (and compilation)
+                runners[name] = run_torch
 
         # Attacks per sample so that a sample lasts about min_time.
+        slowest = list(runners.values())[-1]
         t0 = time.perf_counter()
-        run_torch(1, 0)
+        slowest(1, 0)
         one = time.perf_counter() - t0
         n = max(1, int(_MIN_TIME.value / max(one, 1e-6)))
-        tj, tt = [], []
+        times = {k: [] for k in runners}
         for i in range(_REPEATS.value):
-            t0 = time.perf_counter()
-            run_jax(n, i + 1)
-            tj.append((time.perf_counter() - t0) / n)
-            t0 = time.perf_counter()
-            run_torch(n, i + 1)
-            tt.append((time.perf_counter() - t0) / n)
-        mj, mt = statistics.median(tj), statistics.median(tt)
-        rows.append(dict(batch=b, jax_ms=mj * 1e3, torch_ms=mt * 1e3, jax_img_s=b / mj,
-                         torch_img_s=b / mt, ratio=mt / mj, jax_compile_s=compile_s,
-                         jax_spread=(min(tj) * 1e3, max(tj) * 1e3),
-                         torch_spread=(min(tt) * 1e3, max(tt) * 1e3)))
+            for k, run in runners.items():  # interleaved
+                t0 = time.perf_counter()
+                run(n, i + 1)
+                times[k].append((time.perf_counter() - t0) / n)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = dict(batch=b, jax_ms=med["jax"] * 1e3, jax_img_s=b / med["jax"],
+                   jax_compile_s=compile_s,
+                   jax_spread=(min(times["jax"]) * 1e3, max(times["jax"]) * 1e3))
+        for k in nets:
+            row.update({f"{k}_ms": med[k] * 1e3, f"{k}_img_s": b / med[k],
+                        f"{k}_spread": (min(times[k]) * 1e3, max(times[k]) * 1e3),
+                        f"ratio_{k}": med[k] / med["jax"]})
+        row["ratio"] = row.get("ratio_torch")
+        rows.append(row)
 
-    print("\n| batch | robustjax img/s | PyTorch img/s | ratio | robustjax ms/batch "
-          "(min-max) | PyTorch ms/batch (min-max) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    peers = list(nets)
+    print("\n| " + " | ".join(["batch", "robustjax img/s"]
+                              + [f"{k} img/s | ratio" for k in peers]
+                              + ["robustjax ms/batch (min-max)"]) + " |")
+    print("|---:|---:|" + "---:|---:|" * len(peers) + "---:|")
     for r in rows:
-        print(f"| {r['batch']} | {r['jax_img_s']:.1f} | {r['torch_img_s']:.1f} | "
-              f"{r['ratio']:.2f}x | {r['jax_ms']:.0f} ({r['jax_spread'][0]:.0f}-"
-              f"{r['jax_spread'][1]:.0f}) | {r['torch_ms']:.0f} ({r['torch_spread'][0]:.0f}-"
-              f"{r['torch_spread'][1]:.0f}) |")
+        cells = [f"{r[f'{k}_img_s']:.1f} | {r[f'ratio_{k}']:.2f}x" for k in peers]
+        print(f"| {r['batch']} | {r['jax_img_s']:.1f} | " + " | ".join(cells)
+              + (" | " if cells else "") + f"{r['jax_ms']:.1f} ({r['jax_spread'][0]:.1f}-"
+              f"{r['jax_spread'][1]:.1f}) |")
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
             json.dump(dict(platform=platform, device=device, threads=threads,
                            loop_friendly=_LOOP_FRIENDLY.value, unroll=unroll,
                            xla_flags=added_flags, jax=jax.__version__,
-                           torch=torch.__version__, rows=rows), f, indent=1)
+                           torch=torch.__version__ if peer else None, peers=peers,
+                           rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

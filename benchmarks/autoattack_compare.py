@@ -47,6 +47,10 @@ _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all core
 _XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
                                 "XLA CPU flag preset (benchmarks/torch_port.py).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 100, "APGD and FAB iterations, both (AutoAttack: "
+                                  "100).", lower_bound=1)
+_NUM_QUERIES = flags.DEFINE_integer("num_queries", 5000, "Square's queries, both (AutoAttack: "
+                                    "5000).", lower_bound=1)
 _SKIP = flags.DEFINE_list("skip", [], "Implementations to skip: robustjax, pyautoattack.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
 
@@ -85,13 +89,19 @@ def main(argv):
 
     import jax
     import numpy as np
-    import torch
 
     from experiments.log_setup import setup_logging
     from robustjax import autoattack, data, evaluate, train
 
+    try:
+        import torch
+        from pyautoattack import AutoAttack
+        missing = None
+    except ImportError as e:  # the peer is optional: robustjax runs alone
+        torch = AutoAttack = None
+        missing = e.name
+    skip = set(_SKIP.value) | ({"pyautoattack"} if missing else set())
     setup_logging()
-    torch.set_num_threads(threads)
     run = train.load_run(_WORKDIR.value)
     if run.config.dataset not in ("mnist", "fashion_mnist"):
         raise app.UsageError(f"--workdir must hold an MnistCNN model, got {run.config.dataset}")
@@ -99,45 +109,56 @@ def main(argv):
     x, y = data.load(run.config.dataset, "test", _DATA_DIR.value or run.config.data_dir)
     n = min(_EXAMPLES.value, len(x))
     x, y = x[:n].astype(np.float32) / 255.0, y[:n].astype(np.int64)
-    net = torch_mnist_cnn({"params": run.variables["params"]})
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    with torch.no_grad():
-        diff = float(np.abs(np.asarray(run.logits_fn(x[:100])) - net(xt[:100]).numpy()).max())
-    if diff > 1e-3:
-        raise SystemExit(f"the PyTorch port disagrees with the model (max logit difference "
-                         f"{diff}); the comparison would not be like for like")
+    diff, tdev = None, "cpu"
+    if "pyautoattack" not in skip:
+        torch.set_num_threads(threads)
+        tdev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+        net = torch_mnist_cnn({"params": run.variables["params"]}).to(tdev)
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(tdev)
+        with torch.no_grad():
+            diff = float(np.abs(np.asarray(run.logits_fn(x[:100]))
+                                - net(xt[:100]).cpu().numpy()).max())
+        if diff > 1e-3:
+            raise SystemExit(f"the PyTorch port disagrees with the model (max logit difference "
+                             f"{diff}); the comparison would not be like for like")
     print(f"# AutoAttack {_VERSION.value}, {_NORM.value} eps {eps:g}, {n} test digits, "
           f"{run.config.dataset} MnistCNN({run.config.width}) from {_WORKDIR.value}")
     print(f"# JAX {jax.__version__} ({jax.default_backend()}, XLA flags added: "
-          f"{added_flags or 'none'}); PyTorch {torch.__version__}; threads {threads}; "
-          f"batch {_BATCH.value}; max logit difference {diff:.1e}")
+          f"{added_flags or 'none'}); PyTorch {torch.__version__ if torch else 'not installed'} "
+          f"({tdev}); threads {threads}; batch {_BATCH.value}; max logit difference {diff}"
+          + (f"; the peer is skipped: {missing} is not installed" if missing else ""))
     out = dict(examples=n, eps=eps, norm=_NORM.value, version=_VERSION.value,
+               num_steps=_NUM_STEPS.value, num_queries=_NUM_QUERIES.value,
                threads=threads, batch_size=_BATCH.value, jax=jax.__version__,
-               torch=torch.__version__, xla_flags=added_flags, workdir=_WORKDIR.value)
+               torch=torch.__version__ if torch else None, xla_flags=added_flags,
+               workdir=_WORKDIR.value, device=jax.devices()[0].device_kind, torch_device=tdev,
+               peer_missing=missing)
 
-    if "robustjax" not in _SKIP.value:
+    if "robustjax" not in skip:
         t0 = time.time()
         res = autoattack.autoattack(run.logits_fn, x, y, jax.random.PRNGKey(_SEED.value),
                                     eps=eps, norm=_NORM.value, version=_VERSION.value,
-                                    batch_size=_BATCH.value)
+                                    batch_size=_BATCH.value, num_steps=_NUM_STEPS.value,
+                                    num_queries=_NUM_QUERIES.value)
         out["robustjax"] = dict(seconds=time.time() - t0, clean=res.clean_accuracy,
                                 robust=res.robust_accuracy, after=res.accuracy_after,
                                 attack_seconds=res.seconds, correct=_bits(res.correct))
 
-    if "pyautoattack" not in _SKIP.value:
-        from pyautoattack import AutoAttack
-
+    if "pyautoattack" not in skip:
         cap = _Capture()
         aa_log = logging.getLogger("auto-attack")
         aa_log.setLevel(logging.DEBUG)
         aa_log.addHandler(cap)
         adversary = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[_NORM.value], eps=eps,
-                               version=_VERSION.value, device="cpu", seed=_SEED.value)
+                               version=_VERSION.value, device=tdev, seed=_SEED.value)
+        for a in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
+            a.n_iter = _NUM_STEPS.value
+        adversary.square.n_queries = _NUM_QUERIES.value
         t0 = time.time()
-        x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y),
+        x_adv, _ = adversary.run_standard_evaluation(xt, torch.from_numpy(y).to(tdev),
                                                      batch_size=_BATCH.value)
         seconds = time.time() - t0
-        x_adv = np.ascontiguousarray(x_adv.numpy().transpose(0, 2, 3, 1))
+        x_adv = np.ascontiguousarray(x_adv.cpu().numpy().transpose(0, 2, 3, 1))
         # The official examples must pass robustjax's checks too before they count.
         checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
             run.logits_fn, x, y.astype(np.int32), x_adv, norm=_NORM.value))

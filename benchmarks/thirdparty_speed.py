@@ -190,7 +190,6 @@ def _measured_peak():
 def _per_layer(batch, steps):
     """Forward + input gradient of each convolution, ``steps`` times in a fori_loop."""
     import jax
-    import jax.numpy as jnp
     from jax import lax
 
     from robustjax import layers

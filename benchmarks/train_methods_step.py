@@ -49,7 +49,7 @@ def main(argv):
                           ema_decay=0.995, **kw)
         model, tx = train.build_model(cfg), train.make_optimizer(cfg)
         state = train.create_state(cfg, model, tx, jnp.zeros((1,) + x.shape[1:], jnp.float32))
-        run = jax.jit(train._stacked(train.make_train_step(cfg, model, tx), _STEPS.value))
+        run = jax.jit(train.stacked(train.make_train_step(cfg, model, tx), _STEPS.value))
         state, m = run(state, images, labels)  # compile
         jax.block_until_ready(m)
         times = []

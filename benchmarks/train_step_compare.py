@@ -65,7 +65,7 @@ def main(argv):
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     k, calls = _STEPS.value, _CALLS.value
-    run = jax.jit(train._stacked(train.make_train_step(cfg, model, tx), k))
+    run = jax.jit(train.stacked(train.make_train_step(cfg, model, tx), k))
     xt_all = torch.from_numpy(x.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
     yt_all = torch.from_numpy(y.astype(np.int64))
     gen = np.random.default_rng(0)

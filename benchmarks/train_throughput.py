@@ -44,6 +44,10 @@ _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the Py
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of the device for the "
                            "utilisation column (0: unknown, no column).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
+_PEER = flags.DEFINE_bool("peer", True, "Time PyTorch too (--nopeer, or torch missing: "
+                          "robustjax alone).")
+_CHANNELS_LAST = flags.DEFINE_bool("torch_channels_last", False, "PyTorch in channels_last "
+                                   "memory format (the fast layout for cuDNN with AMP).")
 
 EPS, STEP, ATTACK_STEPS = 8 / 255, 2 / 255, 7
 FORWARD_EQUIVALENTS = 2 * ATTACK_STEPS + 3
@@ -197,16 +201,26 @@ def main(argv):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
 
     from robustjax import train
 
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    peer = _PEER.value and torch is not None
     platform = jax.default_backend()
-    torch.set_num_threads(threads)
-    tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if tdev.type == "cuda" else (lambda: None)
-    if tdev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    tdev = "none"
+    if peer:
+        torch.set_num_threads(threads)
+        tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available()
+                            else "cpu")
+        if tdev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def sync():
+        if peer and tdev.type == "cuda":
+            torch.cuda.synchronize()
     batch = _BATCH.value
     rng = np.random.default_rng(0)
     n_data = max(1024, batch)
@@ -215,8 +229,9 @@ def main(argv):
     device = jax.devices()[0].device_kind
     print(f"# PGD-{ATTACK_STEPS} adversarial training step (eps 8/255, step 2/255), "
           f"CifarResNet, batch {batch}")
-    print(f"# JAX {jax.__version__} on {platform} ({device}); PyTorch {torch.__version__} on "
-          f"{tdev}; threads {threads}; torch.compile={_TORCH_COMPILE.value}")
+    print(f"# JAX {jax.__version__} on {platform} ({device}); PyTorch "
+          f"{torch.__version__ if torch else 'not installed'} on {tdev}; threads {threads}; "
+          f"torch.compile={_TORCH_COMPILE.value}; channels_last={_CHANNELS_LAST.value}")
     rows = []
     for width in [int(w) for w in _WIDTHS.value]:
         for dtype in _DTYPES.value:
@@ -233,30 +248,36 @@ def main(argv):
                                  jnp.asarray(images[:64], jnp.float32) / 255, train=True,
                                  mutable=["batch_stats"])
             state = state.replace(batch_stats=upd["batch_stats"])
-            net = _torch_resnet(width, {"params": state.params,
-                                        "batch_stats": state.batch_stats}).to(tdev)
-            probe = images[:4].astype(np.float32) / 255
-            ref = np.asarray(model.apply({"params": state.params,
-                                          "batch_stats": state.batch_stats}, probe,
-                                         train=False))
-            with torch.no_grad():
-                got = net.eval()(torch.from_numpy(probe.transpose(0, 3, 1, 2).copy())
-                                 .to(tdev)).cpu().numpy()
-            diff = float(np.abs(ref - got).max())
-            if diff > 1e-2 * max(1.0, float(np.abs(ref).max())):
-                raise SystemExit(f"width {width}: the two models disagree (max logit "
-                                 f"difference {diff}); not a like-for-like comparison")
-            decay = [q for n, q in net.named_parameters() if n.endswith("weight") and q.ndim > 1]
-            other = [q for n, q in net.named_parameters() if not (n.endswith("weight")
-                                                                   and q.ndim > 1)]
-            opt = torch.optim.SGD([{"params": decay, "weight_decay": 2e-4},
-                                   {"params": other, "weight_decay": 0.0}], lr=0.1,
-                                  momentum=0.9)
-            tnet = torch.compile(net) if _TORCH_COMPILE.value else net
-            timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(tdev)
-            tlabels = torch.from_numpy(labels.astype(np.int64)).to(tdev)
-            tstep = _torch_step_fn(tnet, opt, timages, tlabels, batch,
-                                   torch.bfloat16 if dtype == "bfloat16" else None)
+            diff, tstep = None, None
+            if peer:
+                net = _torch_resnet(width, {"params": state.params,
+                                            "batch_stats": state.batch_stats}).to(tdev)
+                probe = images[:4].astype(np.float32) / 255
+                ref = np.asarray(model.apply({"params": state.params,
+                                              "batch_stats": state.batch_stats}, probe,
+                                             train=False))
+                with torch.no_grad():
+                    got = net.eval()(torch.from_numpy(probe.transpose(0, 3, 1, 2).copy())
+                                     .to(tdev)).cpu().numpy()
+                diff = float(np.abs(ref - got).max())
+                if diff > 1e-2 * max(1.0, float(np.abs(ref).max())):
+                    raise SystemExit(f"width {width}: the two models disagree (max logit "
+                                     f"difference {diff}); not a like-for-like comparison")
+                decay = [q for n, q in net.named_parameters()
+                         if n.endswith("weight") and q.ndim > 1]
+                other = [q for n, q in net.named_parameters()
+                         if not (n.endswith("weight") and q.ndim > 1)]
+                opt = torch.optim.SGD([{"params": decay, "weight_decay": 2e-4},
+                                       {"params": other, "weight_decay": 0.0}], lr=0.1,
+                                      momentum=0.9)
+                timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(tdev)
+                if _CHANNELS_LAST.value:
+                    net = net.to(memory_format=torch.channels_last)
+                    timages = timages.contiguous(memory_format=torch.channels_last)
+                tnet = torch.compile(net) if _TORCH_COMPILE.value else net
+                tlabels = torch.from_numpy(labels.astype(np.int64)).to(tdev)
+                tstep = _torch_step_fn(tnet, opt, timages, tlabels, batch,
+                                       torch.bfloat16 if dtype == "bfloat16" else None)
             jstep = jax.jit(train.make_train_step(cfg, model, tx), donate_argnums=0)
             ji, jl = jax.device_put(images), jax.device_put(labels)
             fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
@@ -269,8 +290,9 @@ def main(argv):
             state, m = jstep(state, ji, jl)
             jax.block_until_ready(m)
             compile_s = time.perf_counter() - t0
-            tstep()
-            sync()
+            if peer:
+                tstep()
+                sync()
             k = _STEPS_PER_SAMPLE.value
             tj, tt = [], []
             for _ in range(_REPEATS.value):
@@ -279,34 +301,41 @@ def main(argv):
                     state, m = jstep(state, ji, jl)
                 jax.block_until_ready(m)
                 tj.append((time.perf_counter() - t0) / k)
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    tstep()
-                sync()
-                tt.append((time.perf_counter() - t0) / k)
-            mj, mt = statistics.median(tj), statistics.median(tt)
+                if peer:
+                    t0 = time.perf_counter()
+                    for _ in range(k):
+                        tstep()
+                    sync()
+                    tt.append((time.perf_counter() - t0) / k)
+            mj = statistics.median(tj)
+            mt = statistics.median(tt) if peer else None
             tflops = FORWARD_EQUIVALENTS * flops_fwd * batch / mj / 1e12
             rows.append(dict(width=width, dtype=dtype, batch=batch, jax_img_s=batch / mj,
-                             torch_img_s=batch / mt, ratio=mt / mj, jax_compile_s=compile_s,
+                             torch_img_s=batch / mt if peer else None,
+                             ratio=mt / mj if peer else None, jax_compile_s=compile_s,
                              forward_gflop=flops_fwd / 1e9, jax_tflops=tflops,
                              mfu=tflops / _PEAK.value if _PEAK.value else None,
                              logit_diff=diff))
-            print(f"width {width} {dtype}: robustjax {batch / mj:.1f} img/s, PyTorch "
-                  f"{batch / mt:.1f} img/s, ratio {mt / mj:.2f}x", flush=True)
+            print(f"width {width} {dtype}: robustjax {batch / mj:.1f} img/s" + (
+                f", PyTorch {batch / mt:.1f} img/s, ratio {mt / mj:.2f}x" if peer else ""),
+                flush=True)
 
     print("\n| width | dtype | batch | robustjax img/s | PyTorch img/s | ratio | forward GFLOP "
           "| robustjax TFLOP/s | MFU |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        tt = "-" if r["torch_img_s"] is None else f"{r['torch_img_s']:.1f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {r['width']} | {r['dtype']} | {r['batch']} | {r['jax_img_s']:.1f} | "
-              f"{r['torch_img_s']:.1f} | {r['ratio']:.2f}x | {r['forward_gflop']:.2f} | "
+              f"{tt} | {ratio} | {r['forward_gflop']:.2f} | "
               f"{r['jax_tflops']:.3f} | {mfu} |")
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
             json.dump(dict(platform=platform, device=device, threads=threads,
-                           jax=jax.__version__, torch=torch.__version__,
-                           torch_compile=_TORCH_COMPILE.value, rows=rows), f, indent=1)
+                           jax=jax.__version__, torch=torch.__version__ if peer else None,
+                           torch_compile=_TORCH_COMPILE.value,
+                           channels_last=_CHANNELS_LAST.value, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

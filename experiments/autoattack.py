@@ -61,7 +61,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from robustjax import autoattack, data, suite, train
+    from robustjax import autoattack, data, mesh, suite, train
 
     run = train.load_run(FLAGS.workdir)
     cfg = run.config
@@ -94,7 +94,10 @@ def main(argv):
                    params=run.params),
         training=dict(cfg.to_json(), final_step=run.step,
                       workdir=os.path.abspath(FLAGS.workdir)),
-        jax=jax.__version__, device=jax.devices()[0].device_kind, rows=rows)
+        jax=jax.__version__, device=jax.devices()[0].device_kind,
+        devices=jax.device_count(), processes=jax.process_count(), rows=rows)
+    if not mesh.is_primary():  # process 0 writes the files
+        return
     os.makedirs(out, exist_ok=True)
     suite.write_results(os.path.join(out, "autoattack.json"), results)
     print(suite.markdown_table(rows))

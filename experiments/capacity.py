@@ -19,7 +19,7 @@ import os
 from absl import flags
 
 from experiments import common, figures
-from robustjax import train
+from robustjax import mesh, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", None, "Sweep over these widths (overrides --width).")
@@ -46,8 +46,9 @@ def run_width(width: int, workdir: str, widths=WIDTHS) -> dict:
                model=dict(models["pgd"]), training=dict(methods=list(METHODS),
                                                         config=res["training"]),
                training_loss=losses, rows=rows)
-    figures.write_json(os.path.join(workdir, f"width_{width}", "results.json"), out)
-    print(train.markdown_table(rows))
+    if mesh.is_primary():  # process 0 writes the files
+        figures.write_json(os.path.join(workdir, f"width_{width}", "results.json"), out)
+        print(train.markdown_table(rows))
     return out
 
 
@@ -138,6 +139,8 @@ def main(argv, *, datasets, title: str, widths=WIDTHS) -> None:
     chosen = [int(w) for w in FLAGS.widths] if FLAGS.widths else [FLAGS.width]
     for w in chosen:
         run_width(w, workdir, widths)
+    if not mesh.is_primary():
+        return
     sweep = collect(workdir, widths)
     print(f"results: {os.path.join(workdir, 'results.json')}")
     plot(sweep, os.path.join(workdir, "capacity.png"), title=title, widths=widths)

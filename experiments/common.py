@@ -22,7 +22,6 @@ FIELDS = dataclasses.fields(TrainConfig)
 
 flags.DEFINE_string("workdir", None, "Output directory (config, metrics, checkpoints, results). "
                     "Rerunning with the same workdir resumes.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
 
 
 def _define(f: dataclasses.Field) -> None:
@@ -78,10 +77,6 @@ def start(argv, datasets=DATASETS) -> str:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.dataset not in datasets:
         raise app.UsageError(f"--dataset must be one of {datasets} here, got {FLAGS.dataset!r}")
-    if FLAGS.distributed:
-        import jax
-
-        jax.distributed.initialize()
     setup_logging()
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")

@@ -48,7 +48,7 @@ from absl import app, flags
 
 from experiments import common, figures
 from experiments.cli import one_line_errors
-from robustjax import suite, train
+from robustjax import mesh, suite, train
 
 FLAGS = flags.FLAGS
 
@@ -274,6 +274,8 @@ def run(root: str, methods: list[str], *, test_examples: int, attack_batch_size:
                        if k not in ("train_attack", "objective")},
                methods=methods, evaluation=[s.name for s in eval_specs(base.eps, eval_pgd_steps)],
                rows=rows, best=best)
+    if not mesh.is_primary():  # process 0 writes the files
+        return out
     figures.write_json(os.path.join(root, "comparison.json"), out)
     table = markdown(rows, eval_pgd_steps)
     with open(os.path.join(root, "comparison.md"), "w") as f:

@@ -125,7 +125,7 @@ def main(argv):
                                  data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
-    from robustjax import sweeps
+    from robustjax import mesh, sweeps
 
     cfg = models[0].run.config
     eps = _eps_list(cfg.dataset, FLAGS.norm)
@@ -163,6 +163,8 @@ def main(argv):
                 warnings.append(line)
         result["models"].append(entry)
     result["warnings"] = warnings
+    if not mesh.is_primary():  # process 0 writes the files
+        return
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eps_sweep")
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"eps_sweep_{FLAGS.norm}")

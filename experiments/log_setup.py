@@ -10,7 +10,8 @@ def setup_logging() -> None:
     """Progress lines from robustjax at INFO; library chatter (orbax) at WARNING."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     log = logging.getLogger("robustjax")
-    log.setLevel(logging.INFO)
+    if log.level == logging.NOTSET or log.level < logging.WARNING:
+        log.setLevel(logging.INFO)  # process > 0 of a multi-process run keeps WARNING
     if not log.handlers:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

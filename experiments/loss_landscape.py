@@ -125,7 +125,7 @@ def main(argv):
                                  data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
-    from robustjax import landscape
+    from robustjax import landscape, mesh
 
     cfg = models[0].run.config
     eps = cfg.eps if FLAGS.eps is None else FLAGS.eps
@@ -135,7 +135,6 @@ def main(argv):
                     trajectories=min(FLAGS.trajectories, FLAGS.restarts),
                     chunk_size=FLAGS.chunk_size, seed=FLAGS.seed)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "loss_landscape")
-    os.makedirs(out, exist_ok=True)
     result = dict(dataset=cfg.dataset, split="test", settings=settings, models=[],
                   jax=jax.__version__, device=jax.devices()[0].device_kind)
     finals = {}
@@ -164,6 +163,9 @@ def main(argv):
                          s["min"], s["max"], 100 * s["fooled_fraction"])
         result["models"].append(dict(figures.model_info(model), examples=examples,
                                      seconds=time.time() - start))
+    if not mesh.is_primary():  # process 0 writes the files
+        return
+    os.makedirs(out, exist_ok=True)
     np.savez_compressed(os.path.join(out, "landscape.npz"), **finals)
     figures.write_json(os.path.join(out, "landscape.json"), result)
     plt = figures.pyplot()

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 
 from experiments.log_setup import setup_logging
-from robustjax import data, suite, train
+from robustjax import data, mesh, suite, train
 
 FLAGS = flags.FLAGS
 
@@ -79,10 +79,14 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     x, y = x[:n].astype("float32") / 255.0, y[:n]
     specs = suite_specs(make_specs(set(loaded)), FLAGS.suite)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "table")
-    os.makedirs(out, exist_ok=True)
+    primary = mesh.is_primary()  # process 0 writes the files
+    if primary:
+        os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
     def progress(i, spec, acc):
+        if not primary:
+            return
         steps = f"{spec.steps} " if spec.attack == "pgd" else ""
         print(f"[{time.time() - t0:7.1f}s] row {i + 1}/{len(specs)}: {spec.name} "
               f"{steps}x{spec.restarts} source {spec.source}: {100 * acc:.2f}%", flush=True)
@@ -101,8 +105,11 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
                          train_attack=v.config.train_attack, seed=v.config.seed,
                          params=v.params) for k, v in loaded.items()},
         eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, suite=FLAGS.suite,
-                  seconds=time.time() - t0),
+                  seconds=time.time() - t0, devices=jax.device_count(),
+                  processes=jax.process_count()),
         rows=res.rows)
+    if not primary:
+        return results
     suite.write_results(os.path.join(out, "results.json"), results)
     print(suite.markdown_table(res.rows))
     print(f"results: {os.path.join(out, 'results.json')} and results.md")

@@ -21,8 +21,12 @@ Modules:
   config   -- TrainConfig: every field of a training run, defined once.
   workdir  -- the run directory: config.json, lock, metrics, checkpoints (damaged
               ones moved aside), load_run / load_model.
-  train    -- adversarial training (Danskin step; Madry or TRADES objective, weight
-              averaging), sharding, bf16, the loop with preemption and divergence handling.
+  mesh     -- one "data" axis over every device of every process: batches placed per
+              process, results gathered, per-example keys; jax.distributed start-up.
+  state    -- model, optimizer and TrainState construction; model_logits_fn.
+  step     -- the adversarial batch, the objectives (Madry, TRADES), the jitted Danskin step.
+  loop     -- train_and_evaluate: progress, preemption, divergence, end-of-run evaluation.
+  train    -- the names of state, step, loop and workdir in one import.
   validation -- the held-out split, periodic robust validation, the best checkpoint
               (Rice et al. 2020) and catastrophic-overfitting detection (Wong et al. 2020).
   rowstore -- finished rows of an evaluation on disk, so tables resume.
@@ -39,15 +43,18 @@ _xla_defaults.apply()
 
 from robustjax import (  # noqa: E402
     apgd, attacks, augment, autoattack, config, data, evaluate, fab, fastpath, landscape, layers,
-    models, rowstore, square, suite, sweeps, trades, train, validation, workdir, xla_defaults)
+    loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades, train, validation,
+    workdir, xla_defaults)
 from robustjax.attacks import fgsm, fgsm_rs, pgd  # noqa: E402
 from robustjax.evaluate import RobustAccuracy, robust_accuracy  # noqa: E402
 from robustjax.models import CifarResNet, MnistCNN  # noqa: E402
-from robustjax.train import TrainConfig, load_model, train_and_evaluate  # noqa: E402
+from robustjax.config import TrainConfig  # noqa: E402
+from robustjax.loop import train_and_evaluate  # noqa: E402
+from robustjax.workdir import load_model  # noqa: E402
 
 __all__ = ["apgd", "attacks", "augment", "autoattack", "config", "data", "evaluate", "fab",
-           "fastpath", "landscape", "layers", "models", "rowstore", "square", "suite", "sweeps",
-           "trades", "train", "validation", "workdir", "xla_defaults",
+           "fastpath", "landscape", "layers", "loop", "mesh", "models", "rowstore", "square", "state",
+           "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults",
            "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet",
            "TrainConfig", "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

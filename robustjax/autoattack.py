@@ -19,9 +19,12 @@ custom     the ``attacks`` given, with the standard settings.
 
 Between attacks (and between the target classes of APGD-T and FAB-T, as the
 official code does) the still-robust examples are gathered on the host and
-attacked in equal batches padded to a multiple of ``batch_size / 8``, so an
-attack compiles once per padded size (a handful in a whole evaluation) and
-never per batch. Each attack itself is one jitted call per batch, with no
+attacked in equal batches padded to a multiple of ``batch_size / 8`` (and of
+the device count), so an attack compiles once per padded size (a handful in a
+whole evaluation) and never per batch. Batches are split over every device of
+every process (:mod:`robustjax.mesh`), and each example is attacked alone
+with a key folded from its index in ``x``, so the compaction and the devices
+never change an example's result. Each attack itself is one jitted call per batch, with no
 host round trip inside it. Every adversarial example is validated with the
 checks of :func:`robustjax.evaluate.robust_accuracy` (shape, dtype, finite,
 bounds, eps-ball within ``atol``) before it counts.
@@ -41,7 +44,7 @@ import numpy as np
 
 from robustjax import apgd as _apgd
 from robustjax import attacks as _a
-from robustjax import evaluate, fab as _fab, rowstore, square as _square
+from robustjax import evaluate, fab as _fab, mesh as _mesh, rowstore, square as _square
 
 __all__ = ["ATTACKS", "VERSIONS", "version_attacks", "AutoAttackResult", "autoattack"]
 
@@ -99,13 +102,14 @@ class AutoAttackResult(NamedTuple):
     warnings: list
 
 
-def _chunks(n: int, batch_size: int) -> tuple[int, int]:
+def _chunks(n: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
     """``(chunks, size)``: n examples in equal chunks of at most ``batch_size``, padded to ``size``.
 
     Sizes are rounded up to a multiple of ``batch_size / 8`` (below that, to a
     power of two), so an attack sees at most a dozen distinct shapes in a whole
     evaluation, each compiled once, while padding wastes little: 880 robust
-    examples with batch 500 run as 2 x 441, not 500 + 380 padded to 500.
+    examples with batch 500 run as 2 x 441, not 500 + 380 padded to 500. The
+    size is then rounded up to a multiple of ``devices`` (the mesh's device count).
     """
     chunks = -(-n // batch_size)
     size = -(-n // chunks)
@@ -114,7 +118,8 @@ def _chunks(n: int, batch_size: int) -> tuple[int, int]:
         size = -(-size // quantum) * quantum
     else:
         size = 1 << (size - 1).bit_length()
-    return chunks, min(size, batch_size)
+    size = min(size, batch_size)
+    return chunks, -(-size // devices) * devices
 
 
 def _stage_attack(name: str, *, eps, norm, version, num_steps, num_queries, bounds,
@@ -154,15 +159,17 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                attacks: Optional[Sequence[str]] = None, num_steps: int = 100,
                num_queries: int = 5000, eot_samples: int = 20, batch_size: int = 500,
                bounds=(0.0, 1.0), atol: float = 1e-5,
-               resume_dir: Optional[str] = None) -> AutoAttackResult:
+               resume_dir: Optional[str] = None, mesh=None) -> AutoAttackResult:
     """Robust accuracy under AutoAttack (Croce & Hein 2020, Section 5).
 
     Args:
       logits_fn: ``x -> logits [B, K]`` of the evaluated model; for
         ``version="rand"`` a randomised model ``(x, key) -> logits``.
       x, y: the dataset (inputs in ``bounds``, NHWC for Square; int labels).
-      key: PRNG key (default ``PRNGKey(0)``); attack i, batch j use
-        ``fold_in(fold_in(key, i), j)``.
+      key: PRNG key (default ``PRNGKey(0)``); example j in attack i (target
+        rank s for APGD-T and FAB-T, else s = 0) is attacked alone with
+        ``fold_in(fold_in(fold_in(key, i), s), j)``, so neither the batches,
+        the compaction nor the devices change its result.
       eps, norm: the threat model (``"linf"`` or ``"l2"``).
       version: ``"standard"``, ``"plus"``, ``"rand"`` or ``"custom"`` (see the module).
       attacks: for ``"custom"``: names from :data:`ATTACKS`, run in that order.
@@ -177,6 +184,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         a rerun with the same settings, data and model starts after the last
         stored attack: an interrupted evaluation resumes, with the result of
         an uninterrupted one (each attack has its own key).
+      mesh: the devices (:func:`robustjax.mesh.make_mesh`); every batch is split
+        along its ``"data"`` axis. Default: every device of every process.
 
     Raises:
       ValueError: bad settings or data, naming the argument.
@@ -210,23 +219,29 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
     n = x.shape[0]
     warnings = []
 
-    def evaluated(kb):
-        return (lambda z: logits_fn(z, kb)) if randomized else logits_fn
+    def evaluated(ke):
+        return (lambda z: logits_fn(z, ke)) if randomized else logits_fn
 
-    @jax.jit
-    def clean_batch(xb, yb, kb):
-        lg = evaluated(kb)(xb)
-        return jnp.argmax(lg, -1) == yb, lg
+    mesh = _mesh.make_mesh() if mesh is None else mesh
 
+    def clean_local(xb, yb, ib, key):
+        if not randomized:
+            return jnp.argmax(logits_fn(xb), -1) == yb, logits_fn(xb)
+
+        def one(xe, ye, ke):
+            lg = logits_fn(xe, ke)
+            return jnp.argmax(lg, -1) == ye, lg
+        return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib))
+
+    clean_run = _mesh.sharded(clean_local, mesh, num_batched=3)
     clean_correct = np.zeros(n, bool)
     outputs = []
-    chunks, size = _chunks(n, batch_size)
-    for j, sel in enumerate(np.array_split(np.arange(n), chunks)):
-        ok, lg = clean_batch(jnp.asarray(evaluate.pad_batch(x[sel], size)),
-                             jnp.asarray(evaluate.pad_batch(y[sel], size)),
-                             jax.random.fold_in(key, 10_000 + j))
-        clean_correct[sel] = np.asarray(ok)[: len(sel)]
-        outputs.append(np.asarray(lg)[: len(sel)])
+    chunks, size = _chunks(n, batch_size, mesh.size)
+    for sel in np.array_split(np.arange(n), chunks):
+        ok, lg = _mesh.map_batch(clean_run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
+                                 [jax.random.fold_in(key, 10_000)], size=size)
+        clean_correct[sel] = ok
+        outputs.append(lg)
     warnings += _output_checks(np.concatenate(outputs), logits_fn if not randomized else None,
                                x[:min(n, batch_size)], version)
     robust = clean_correct.copy()
@@ -257,12 +272,15 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                                            num_steps=num_steps, num_queries=num_queries,
                                            bounds=(lo, hi), eot_samples=eot_samples)
 
-        @jax.jit
-        def run(xb, yb, kb, arg, attack=attack):
-            kattack, keval = jax.random.split(kb)
-            adv = attack(logits_fn, xb, yb, kattack, arg)
-            return adv, evaluate.adversarial_checks(evaluated(keval), xb, yb, adv, norm=norm)
+        def run_local(xb, yb, ib, key, arg, attack=attack):
+            def one(xe, ye, ke, arg):
+                kattack, keval = jax.random.split(ke)
+                adv = attack(logits_fn, xe, ye, kattack, arg)
+                return adv, evaluate.adversarial_checks(evaluated(keval), xe, ye, adv,
+                                                        norm=norm)
+            return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib), arg)
 
+        run = _mesh.sharded(run_local, mesh, num_batched=3)
         t0 = time.time()
         todo = int(robust.sum()) * len(stage_args)
         done = 0
@@ -270,19 +288,18 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
             idx = np.flatnonzero(robust)
             if not len(idx):
                 break
-            chunks, size = _chunks(len(idx), batch_size)
-            for j, sel in enumerate(np.array_split(idx, chunks)):
-                kb = jax.random.fold_in(jax.random.fold_in(key, i), s * 100_000 + j)
-                adv, checks = run(jnp.asarray(evaluate.pad_batch(x[sel], size)),
-                                  jnp.asarray(evaluate.pad_batch(y[sel], size)), kb,
-                                  jnp.asarray(arg, jnp.int32))
-                checks = {k: np.asarray(v)[: len(sel)] for k, v in checks.items()}
+            chunks, size = _chunks(len(idx), batch_size, mesh.size)
+            stage_key = jax.random.fold_in(jax.random.fold_in(key, i), s)
+            for sel in np.array_split(idx, chunks):
+                adv, checks = _mesh.map_batch(
+                    run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
+                    [stage_key, np.int32(arg)], size=size)
                 evaluate.validate_checks(checks, eps=float(eps), atol=float(atol), norm=norm,
                                          bounds=(lo, hi), index=sel)
                 hit = ~checks["adv_ok"]
                 robust[sel[hit]] = False
                 broken_by[sel[hit]] = name
-                x_adv[sel[hit]] = np.asarray(adv)[: len(sel)][hit]
+                x_adv[sel[hit]] = adv[hit]
                 done += len(sel)
                 elapsed = time.time() - t0
                 left_here = max(todo - done, 0)
@@ -295,7 +312,7 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         seconds[name] = time.time() - t0
         log.info("after %s: robust accuracy %.2f%% (%.1fs)", name, 100 * robust.mean(),
                  seconds[name])
-        if resume_dir:
+        if resume_dir and _mesh.is_primary():
             _save_stage(resume_dir, i, fp, robust=robust, x_adv=x_adv,
                         broken_by=broken_by.astype(str),
                         accuracy_after=json.dumps(accuracy_after), seconds=json.dumps(seconds))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import attacks as _attacks
+from robustjax import mesh as _mesh
 
 __all__ = ["AttackFn", "RobustAccuracy", "InvalidAdversarialError", "check_dataset",
            "robust_accuracy", "adversarial_checks", "validate_checks", "pad_batch", "num_classes"]
@@ -106,7 +107,8 @@ def num_classes(logits_fn: _attacks.LogitsFn, input_shape) -> int:
 def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackFn], *,
                     eps: float, norm: str = "linf", batch_size: int = 200,
                     key: Optional[jax.Array] = None, bounds=(0.0, 1.0),
-                    atol: float = 1e-5, keep_adversarial: bool = False) -> RobustAccuracy:
+                    atol: float = 1e-5, keep_adversarial: bool = False,
+                    mesh=None) -> RobustAccuracy:
     """Accuracy under attack, the evaluation metric of the paper's Tables 1 and 2.
 
     Args:
@@ -118,13 +120,17 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
         clean inputs (the "natural" row).
       eps, norm: the threat model the adversarial examples are checked against
         (``norm`` is ``"linf"`` or ``"l2"``).
-      batch_size: examples per attack call. The last batch is padded, so the
-        attack is compiled once.
-      key: PRNG key; batch ``i`` uses ``jax.random.fold_in(key, i)``.
-        Defaults to ``jax.random.PRNGKey(0)``.
+      batch_size: examples per attack call (rounded up to a multiple of the
+        device count). The last batch is padded, so the attack is compiled once.
+      key: PRNG key; example ``j`` is attacked alone (a ``vmap`` over the
+        batch) with the key ``jax.random.fold_in(key, j)``, so neither the
+        batch size nor the devices change its result. Defaults to
+        ``jax.random.PRNGKey(0)``.
       bounds: valid input range, checked for ``x`` and every ``x_adv``.
       atol: slack on the eps-ball check for float rounding.
       keep_adversarial: also return the adversarial examples (NumPy, host memory).
+      mesh: the devices, a :func:`robustjax.mesh.make_mesh` mesh; each batch is
+        split along its ``"data"`` axis. Default: every device of every process.
 
     Raises:
       ValueError: bad data or settings, naming the argument.
@@ -143,26 +149,29 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
         raise ValueError(f"x must be a non-empty batch of inputs, got shape {x.shape}")
     x, y = check_dataset(x, y, num_classes=num_classes(logits_fn, x.shape[1:]), bounds=bounds)
     key = jax.random.PRNGKey(0) if key is None else key
+    mesh = _mesh.make_mesh() if mesh is None else mesh
 
-    @jax.jit
-    def run_batch(xb, yb, kb):
-        x_adv = xb if attack is None else attack(xb, yb, kb)
-        return x_adv, adversarial_checks(logits_fn, xb, yb, x_adv, norm=norm)
+    def run_local(xb, yb, ib, key):
+        x_adv = xb if attack is None else _mesh.per_example(attack)(
+            xb, yb, _mesh.example_keys(key, ib))
+        checks = adversarial_checks(logits_fn, xb, yb, x_adv, norm=norm)
+        return (x_adv, checks) if keep_adversarial else (None, checks)
 
+    run = _mesh.sharded(run_local, mesh, num_batched=3)
     n = x.shape[0]
-    bs = min(batch_size, n)
+    bs = _mesh.padded_size(min(batch_size, n), mesh)
     clean, robust, kept = [], [], []
-    for i, start in enumerate(range(0, n, bs)):
+    for start in range(0, n, bs):
         stop = min(start + bs, n)
-        xb, yb = pad_batch(x[start:stop], bs), pad_batch(y[start:stop], bs)
-        x_adv, checks = run_batch(jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i))
-        checks = jax.tree_util.tree_map(lambda a: np.asarray(a)[: stop - start], checks)
+        x_adv, checks = _mesh.map_batch(
+            run, mesh, [x[start:stop], y[start:stop], np.arange(start, stop, dtype=np.int32)],
+            [key], size=bs)
         validate_checks(checks, eps=float(eps), atol=float(atol), norm=norm, bounds=(lo, hi),
                         offset=start)
         clean.append(checks["clean_ok"])
         robust.append(checks["clean_ok"] & checks["adv_ok"])
         if keep_adversarial:
-            kept.append(np.asarray(x_adv)[: stop - start])
+            kept.append(x_adv)
     clean_correct = np.concatenate(clean)
     correct = np.concatenate(robust)
     return RobustAccuracy(accuracy=float(correct.mean()), correct=correct,

@@ -30,6 +30,7 @@ import numpy as np
 
 from robustjax import attacks as _a
 from robustjax import evaluate
+from robustjax import mesh as _mesh
 
 __all__ = ["RestartLosses", "restart_losses", "histograms", "summaries"]
 
@@ -58,7 +59,7 @@ def _check_positive_int(name, value):
 def restart_losses(logits_fn: _a.LogitsFn, x, y, key: jax.Array, *, eps, step_size,
                    num_steps: int, restarts: int, chunk_size: int = 1000,
                    keep_trajectories: int = 20, norm: str = "linf", loss: str = "xent",
-                   bounds=(0.0, 1.0), progress=None) -> RestartLosses:
+                   bounds=(0.0, 1.0), progress=None, mesh=None) -> RestartLosses:
     """PGD from ``restarts`` uniformly random starts per example; the loss along each run.
 
     Args:
@@ -76,6 +77,9 @@ def restart_losses(logits_fn: _a.LogitsFn, x, y, key: jax.Array, *, eps, step_si
       bounds: valid input range.
       progress: optional ``progress(example, restarts_done)`` called on the host
         after each chunk.
+      mesh: the devices (:func:`robustjax.mesh.make_mesh`); each chunk of
+        restarts is split along its ``"data"`` axis (the chunk is rounded up to
+        a multiple of the device count). Default: every device of every process.
     """
     _check_positive_int("restarts", restarts)
     _check_positive_int("chunk_size", chunk_size)
@@ -107,11 +111,14 @@ def restart_losses(logits_fn: _a.LogitsFn, x, y, key: jax.Array, *, eps, step_si
         trace = trace.at[num_steps].set(objective(logits, ym)[0])
         return trace, _a.is_fooled(logits, ym)[0]
 
-    @jax.jit
-    def run_chunk(xm, ym, key_m, start):
-        keys = jax.vmap(lambda r: jax.random.fold_in(key_m, r))(start + jnp.arange(chunk))
+    mesh = _mesh.make_mesh() if mesh is None else mesh
+    chunk = _mesh.padded_size(chunk, mesh)
+
+    def run_local(r, xm, ym, key_m):
+        keys = _mesh.example_keys(key_m, r)
         return jax.vmap(lambda k: one_run(xm[None], ym[None], k))(keys)
 
+    run = _mesh.sharded(run_local, mesh, num_batched=1)
     m = x.shape[0]
     final = np.zeros((m, restarts), np.float32)
     fooled = np.zeros((m, restarts), bool)
@@ -120,11 +127,10 @@ def restart_losses(logits_fn: _a.LogitsFn, x, y, key: jax.Array, *, eps, step_si
     clean = np.asarray(objective(logits_fn(jnp.asarray(x)), jnp.asarray(y)), np.float32)
     for i in range(m):
         key_m = jax.random.fold_in(key, i)
-        xm, ym = jnp.asarray(x[i]), jnp.asarray(y[i])
         for start in range(0, restarts, chunk):
             stop = min(start + chunk, restarts)
-            trace, fool = run_chunk(xm, ym, key_m, start)
-            trace, fool = np.asarray(trace)[: stop - start], np.asarray(fool)[: stop - start]
+            trace, fool = _mesh.map_batch(run, mesh, [np.arange(start, stop, dtype=np.int32)],
+                                          [x[i], y[i], key_m], size=chunk)
             final[i, start:stop] = trace[:, -1]
             fooled[i, start:stop] = fool
             if start < t:

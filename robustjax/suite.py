@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import apgd, attacks, autoattack, evaluate, fab, rowstore, square
+from robustjax import mesh as _mesh
 
 __all__ = ["AttackSpec", "SuiteResult", "run_suite", "make_attack", "markdown_table",
            "write_results", "TARGETING", "ATTACKS"]
@@ -250,7 +251,7 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
               batch_size: int = 200, key: Optional[jax.Array] = None,
               bounds=(0.0, 1.0), atol: float = 1e-5,
               save_dir: Optional[str] = None, resume_dir: Optional[str] = None,
-              progress=None) -> SuiteResult:
+              progress=None, mesh=None) -> SuiteResult:
     """Runs every row of a table (paper Tables 1 and 2) and the per-example worst case.
 
     Args:
@@ -270,6 +271,10 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
         and models loads it instead of running it again: an interrupted table
         resumes, with the same result as an uninterrupted run.
       progress: optional ``callback(i, spec, accuracy)`` after each row.
+      mesh: the devices every row's batches are split over
+        (:func:`robustjax.mesh.make_mesh`; default: every device of every
+        process). Every process computes every row; only process 0 writes
+        ``save_dir`` and ``resume_dir``.
 
     The worst-case row uses the largest eps among the attack rows, and its
     accuracy is the fraction of examples that every row leaves correct.
@@ -290,7 +295,8 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
     num_classes = jax.eval_shape(
         logits_fn, jax.ShapeDtypeStruct((1,) + np.shape(x)[1:], jnp.float32)).shape[-1]
     key = jax.random.PRNGKey(0) if key is None else key
-    if save_dir:
+    primary = _mesh.is_primary()
+    if save_dir and primary:
         os.makedirs(save_dir, exist_ok=True)
     if resume_dir:
         x_np, y_np = np.asarray(x), np.asarray(y)
@@ -314,7 +320,7 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
             aa = autoattack.autoattack(logits_fn, x, y, jax.random.fold_in(key, i), eps=spec.eps,
                                        norm=spec.norm, version=spec.version,
                                        batch_size=batch_size, bounds=bounds, atol=atol,
-                                       resume_dir=stages, **steps)
+                                       resume_dir=stages, mesh=mesh, **steps)
             res = evaluate.RobustAccuracy(aa.robust_accuracy, aa.correct, aa.clean_accuracy,
                                           aa.clean_correct, aa.x_adv)
             row = dict(spec.row(aa.robust_accuracy), after=aa.accuracy_after,
@@ -329,13 +335,13 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
                                            batch_size=max(1, batch_size // fanout),
                                            key=jax.random.fold_in(key, i),
                                            bounds=bounds, atol=atol,
-                                           keep_adversarial=bool(save_dir))
+                                           keep_adversarial=bool(save_dir), mesh=mesh)
             row = spec.row(res.accuracy)
-        if save_dir:
+        if save_dir and primary:
             np.save(os.path.join(save_dir, f"row{i:02d}.npy"), res.x_adv)
         rows.append(row)
         correct.append(res.correct)
-        if resume_dir:
+        if resume_dir and primary:
             rowstore.save(resume_dir, i, fp, row, res.correct)
         if progress is not None:
             progress(i, spec, res.accuracy)

@@ -27,6 +27,7 @@ import numpy as np
 from robustjax import apgd as _apgd
 from robustjax import attacks as _a
 from robustjax import evaluate
+from robustjax import mesh as _mesh
 from robustjax import square as _square
 
 __all__ = ["SWEEP_ATTACKS", "GRADIENT_FREE", "sweep_attack", "EpsCurve", "accuracy_curve",
@@ -87,13 +88,16 @@ class EpsCurve(NamedTuple):
 
 def accuracy_curve(logits_fn: _a.LogitsFn, x, y, key: jax.Array, attack: EpsAttack,
                    eps_values: Sequence[float], *, norm: str, batch_size: int = 500,
-                   bounds=(0.0, 1.0), atol: float = 1e-5, progress=None) -> EpsCurve:
+                   bounds=(0.0, 1.0), atol: float = 1e-5, progress=None,
+                   mesh=None) -> EpsCurve:
     """Robust accuracy at each eps, from validated adversarial examples (one compilation).
 
     ``attack(x, y, key, eps)`` is built by :func:`sweep_attack` (or any
-    function of that shape). Batch ``i`` at every eps uses
-    ``fold_in(key, i)``, as in :func:`evaluate.robust_accuracy`, and every
-    adversarial example passes :func:`evaluate.validate_checks` at its eps.
+    function of that shape). Example ``j`` is attacked alone with
+    ``fold_in(key, j)`` at every eps, as in :func:`evaluate.robust_accuracy`,
+    and every adversarial example passes :func:`evaluate.validate_checks` at
+    its eps. Batches are split over ``mesh`` (default: every device of every
+    process); neither the batch size nor the devices change a result.
     ``progress(eps, accuracy)`` is called on the host after each eps.
     """
     _a._check_choice("norm", norm, tuple(_a.NORMS))
@@ -107,21 +111,22 @@ def accuracy_curve(logits_fn: _a.LogitsFn, x, y, key: jax.Array, attack: EpsAtta
     x, y = evaluate.check_dataset(x, y, num_classes=evaluate.num_classes(logits_fn, np.shape(x)[1:]),
                                   bounds=bounds)
 
-    @jax.jit
-    def run_batch(xb, yb, kb, eps):
-        x_adv = attack(xb, yb, kb, eps)
+    mesh = _mesh.make_mesh() if mesh is None else mesh
+
+    def run_local(xb, yb, ib, key, eps):
+        x_adv = _mesh.per_example(attack)(xb, yb, _mesh.example_keys(key, ib), eps)
         return evaluate.adversarial_checks(logits_fn, xb, yb, x_adv, norm=norm)
 
+    run = _mesh.sharded(run_local, mesh, num_batched=3)
     n = x.shape[0]
-    bs = min(batch_size, n)
+    bs = _mesh.padded_size(min(batch_size, n), mesh)
     correct, clean = np.zeros((len(eps_values), n), bool), np.zeros(n, bool)
     for j, eps in enumerate(eps_values):
-        for i, start in enumerate(range(0, n, bs)):
+        for start in range(0, n, bs):
             stop = min(start + bs, n)
-            xb = jnp.asarray(evaluate.pad_batch(x[start:stop], bs))
-            yb = jnp.asarray(evaluate.pad_batch(y[start:stop], bs))
-            checks = run_batch(xb, yb, jax.random.fold_in(key, i), jnp.float32(eps))
-            checks = jax.tree_util.tree_map(lambda a: np.asarray(a)[: stop - start], checks)
+            checks = _mesh.map_batch(
+                run, mesh, [x[start:stop], y[start:stop], np.arange(start, stop, dtype=np.int32)],
+                [key, np.float32(eps)], size=bs)
             evaluate.validate_checks(checks, eps=eps, atol=atol, norm=norm, bounds=(lo, hi),
                                      offset=start)
             correct[j, start:stop] = checks["clean_ok"] & checks["adv_ok"]

@@ -31,7 +31,8 @@ import numpy as np
 
 from robustjax import apgd as _apgd
 from robustjax import attacks
-from robustjax.evaluate import pad_batch
+from robustjax import mesh as _mesh
+from robustjax import workdir as _workdir
 
 __all__ = ["split_validation", "make_validator", "catastrophic_overfitting",
            "PeriodicValidation", "COLLAPSE_RATIO", "FGSM_GAP"]
@@ -57,39 +58,45 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_examples: int):
 
 
 def make_validator(logits_fn_of, *, eps: float, attack_steps: int, batch_size: int,
-                   seed: int):
+                   seed: int, mesh=None):
     """``validate(variables, images_uint8, labels) -> dict`` of accuracies on a split.
 
     ``logits_fn_of(variables)`` returns the eval-mode ``x -> logits`` of some
     weights (raw or averaged). The result holds ``clean_acc``, ``fgsm_acc``
     (FGSM, Eq. 2.2), ``robust_acc`` (APGD-CE with ``attack_steps`` iterations;
     an example counts as robust only if it is classified correctly both clean
-    and attacked) and ``n``. Batch ``i`` always uses the key
-    ``fold_in(PRNGKey(seed), i)``; the last batch is padded, so one program
-    is compiled.
+    and attacked) and ``n``. Example ``j`` is attacked alone with the key
+    ``fold_in(PRNGKey(seed), j)``; batches are split over ``mesh`` (default:
+    every device of every process) and the last one is padded, so one program
+    is compiled and neither the batch size nor the devices change a number.
     """
     root = jax.random.PRNGKey(seed)
+    mesh = _mesh.make_mesh() if mesh is None else mesh
 
-    @jax.jit
-    def batch_counts(variables, x, y, mask, key):
+    def local(x, y, idx, variables, key):
         logits_fn = logits_fn_of(variables)
+
+        def attack(xe, ye, ke):
+            return _apgd.apgd(logits_fn, xe, ye, ke, eps=eps, loss="ce", num_steps=attack_steps)
         clean = jnp.argmax(logits_fn(x), -1) == y
-        x_fgsm = attacks.fgsm(logits_fn, x, y, eps=eps)
-        fgsm = jnp.argmax(logits_fn(x_fgsm), -1) == y
-        x_adv = _apgd.apgd(logits_fn, x, y, key, eps=eps, loss="ce", num_steps=attack_steps)
+        fgsm = jnp.argmax(logits_fn(attacks.fgsm(logits_fn, x, y, eps=eps)), -1) == y
+        x_adv = _mesh.per_example(attack)(x, y, _mesh.example_keys(key, idx))
         robust = clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
-        return jnp.stack([jnp.sum(c & mask) for c in (clean, fgsm, robust)])
+        return clean, fgsm, robust
+
+    run = _mesh.sharded(local, mesh, num_batched=3)
+    size = _mesh.padded_size(batch_size, mesh)
 
     def validate(variables, images: np.ndarray, labels: np.ndarray) -> dict:
         n = len(images)
         totals = np.zeros(3, np.int64)
-        for i, start in enumerate(range(0, n, batch_size)):
-            xb = images[start:start + batch_size]
-            m = len(xb)
-            x = pad_batch(xb.astype(np.float32) / 255.0, batch_size)
-            y = pad_batch(labels[start:start + batch_size], batch_size)
-            mask = np.arange(batch_size) < m
-            totals += np.asarray(batch_counts(variables, x, y, mask, jax.random.fold_in(root, i)))
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            out = _mesh.map_batch(run, mesh, [images[start:stop].astype(np.float32) / 255.0,
+                                              labels[start:stop],
+                                              np.arange(start, stop, dtype=np.int32)],
+                                  [variables, root], size=size)
+            totals += np.array([int(np.sum(c)) for c in out])
         clean, fgsm, robust = (float(t) / n for t in totals)
         return dict(clean_acc=clean, fgsm_acc=fgsm, robust_acc=robust, n=n)
 
@@ -129,15 +136,13 @@ class PeriodicValidation:
     """
 
     def __init__(self, config, workdir: str, primary: bool, logits_fn_of, val_images,
-                 val_labels):
-        from robustjax import workdir as _workdir
-
+                 val_labels, mesh=None):
         self.config, self.primary = config, primary
         self.images, self.labels = val_images, val_labels
         self.validate = make_validator(logits_fn_of, eps=config.eps,
                                        attack_steps=config.val_attack_steps,
                                        batch_size=config.eval_batch_size,
-                                       seed=config.seed + 2)
+                                       seed=config.seed + 2, mesh=mesh)
         self.path = os.path.join(workdir, "eval.jsonl")
         self.manager = _workdir.best_checkpoint_manager(workdir)
         self.scored = "ema" if config.ema_decay > 0 else "last"
@@ -146,8 +151,6 @@ class PeriodicValidation:
 
     def resume(self, step: int) -> None:
         """Keeps the records of steps <= ``step`` (the restored checkpoint)."""
-        from robustjax import workdir as _workdir
-
         if self.primary:
             _workdir.truncate_metrics(self.path, step)
         if os.path.exists(self.path):
@@ -160,8 +163,6 @@ class PeriodicValidation:
 
     def run(self, step: int, state) -> dict:
         """Evaluates ``state`` at ``step``; returns the record written to eval.jsonl."""
-        from robustjax import workdir as _workdir
-
         t0 = time.time()
         rec = dict(step=step, attack=self.attack,
                    last=self.validate(dict(params=state.params,

@@ -34,8 +34,12 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
+from robustjax import mesh as _mesh
+from robustjax import models
 from robustjax.config import RESUMABLE_CHANGES, TrainConfig
+from robustjax.state import build_model, create_state, make_optimizer, model_logits_fn
 
 __all__ = ["WorkdirInUseError", "CheckpointError", "lock", "write_config", "truncate_metrics", "last_record",
            "checkpoint_manager", "best_checkpoint_manager", "save_state", "restore_latest",
@@ -142,8 +146,6 @@ BEST_METRIC = "val_robust_acc"
 
 def checkpoint_manager(workdir: str):
     """The orbax manager of ``workdir/checkpoints`` (the two newest are kept)."""
-    import orbax.checkpoint as ocp
-
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -152,8 +154,6 @@ def checkpoint_manager(workdir: str):
 def best_checkpoint_manager(workdir: str):
     """The orbax manager of ``workdir/best_checkpoint``: keeps the one checkpoint whose
     ``val_robust_acc`` metric is highest (orbax ``best_fn``; on a tie, the later step)."""
-    import orbax.checkpoint as ocp
-
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "best_checkpoint"),
         options=ocp.CheckpointManagerOptions(
@@ -173,14 +173,10 @@ def _tree(state) -> dict:
 
 def save_state(manager, step: int, state, metrics: Optional[dict] = None) -> None:
     """Saves ``state`` at ``step`` (with ``metrics`` for a best-checkpoint manager)."""
-    import orbax.checkpoint as ocp
-
     manager.save(step, args=ocp.args.StandardSave(_tree(state)), metrics=metrics)
 
 
 def _restore(manager, state, step: int):
-    import orbax.checkpoint as ocp
-
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _tree(state))
     return state.replace(**manager.restore(step, args=ocp.args.StandardRestore(abstract)))
 
@@ -255,8 +251,6 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
     were scored (averaged when ``ema_decay > 0``, else raw). Default: ``"ema"``
     when the run averages weights, else ``"last"``.
     """
-    from robustjax import models, train  # train builds the state this module restores
-
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found; is {workdir!r} a robustjax workdir?")
@@ -271,8 +265,8 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
     if which == "best" and not config.eval_every > 0:
         raise ValueError(f"which='best': the run in {workdir} was trained without periodic "
                          "validation (eval_every is 0); use which='last'")
-    model = train.build_model(config)
-    state = train.create_state(config, model, train.make_optimizer(config),
+    model = build_model(config)
+    state = create_state(config, model, make_optimizer(config),
                                jnp.zeros(SAMPLE_SHAPE[config.dataset], jnp.float32))
     subdir = "best_checkpoint" if which == "best" else "checkpoints"
     if not os.path.isdir(os.path.join(workdir, subdir)):
@@ -285,7 +279,9 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
         params, stats = restored.ema_params, restored.ema_batch_stats
     else:
         params, stats = restored.params, restored.batch_stats
-    fn = train.model_logits_fn(config, model, params, stats)
+    # On every device of the mesh (every process), where evaluations run.
+    params, stats = _mesh.replicate(_mesh.make_mesh(), (params, stats))
+    fn = model_logits_fn(config, model, params, stats)
     return LoadedRun(logits_fn=jax.jit(fn), config=config,
                      params=models.param_count(params), step=int(restored.step),
                      variables=dict(params=params, batch_stats=stats), which=which)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_valid_adversarial
-from robustjax import attacks, train, trades, validation, workdir
+from robustjax import attacks, data, train, trades, validation, workdir
 
 
 def _tiny(idx_dir, **kw):
@@ -51,7 +51,7 @@ def test_trades_loss_matches_numpy():
 
 def test_trades_with_beta_zero_is_natural_training(idx_dir):
     """With beta = 0 the TRADES step's parameter update equals natural training's."""
-    images, labels = train._load_split(_tiny(idx_dir), "train")
+    images, labels = data.load(_tiny(idx_dir).dataset, "train", _tiny(idx_dir).data_dir)
     images, labels = jnp.asarray(images[:200]), jnp.asarray(labels[:200])
     out = {}
     for name, kw in (("trades", dict(objective="trades", trades_beta=0.0, train_attack="pgd")),
@@ -134,7 +134,7 @@ def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start():
 def test_ema_after_k_updates_is_the_closed_form(idx_dir):
     d, k = 0.8, 5
     cfg = _tiny(idx_dir, train_attack="none", ema_decay=d)
-    images, labels = train._load_split(cfg, "train")
+    images, labels = data.load(cfg.dataset, "train", cfg.data_dir)
     images, labels = jnp.asarray(images[:200]), jnp.asarray(labels[:200])
     model, tx = train.build_model(cfg), train.make_optimizer(cfg)
     state = train.create_state(cfg, model, tx, images[:1].astype(jnp.float32))
@@ -194,7 +194,7 @@ def test_best_checkpoint_is_the_step_with_the_best_validation_accuracy(idx_dir, 
     wd = str(tmp_path / "wd")
     os.makedirs(wd)
     workdir.write_config(wd, cfg)
-    images, labels = train._load_split(cfg, "train")
+    images, labels = data.load(cfg.dataset, "train", cfg.data_dir)
     model, tx = train.build_model(cfg), train.make_optimizer(cfg)
     state = train.create_state(cfg, model, tx, jnp.zeros((1, 28, 28, 1)))
     step = jax.jit(train.make_train_step(cfg, model, tx))

@@ -120,9 +120,9 @@ def test_batches_are_permutations_per_epoch():
 
 def test_eps_ramp():
     cfg = train.TrainConfig(eps=0.3, eps_ramp_steps=100)
-    assert float(train._eps_at(cfg, 0)) == 0.0
-    assert float(train._eps_at(cfg, 50)) == pytest.approx(0.15)
-    assert float(train._eps_at(cfg, 500)) == pytest.approx(0.3)
+    assert float(train.eps_at(cfg, 0)) == 0.0
+    assert float(train.eps_at(cfg, 50)) == pytest.approx(0.15)
+    assert float(train.eps_at(cfg, 500)) == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("field,value", [("dataset", "cifar100"), ("train_attack", "cw"),
