@@ -120,7 +120,10 @@ def _patches_bwd(kh, kw, ho, wo, shape, g):
     for a in range(kh):
         row = sum(jnp.pad(g[:, :, :, a * kw + c, :], ((0, 0), (0, 0), (c, wp - wo - c), (0, 0)))
                   for c in range(kw))
-        out = out.at[:, a:a + ho, :, :].add(row)
+        # A slice update, not ``out.at[...].add``: that is a scatter, which vmap (the
+        # per-example evaluations of robustjax.mesh) turns into a slow batched scatter.
+        at = (0, a, 0, 0)
+        out = lax.dynamic_update_slice(out, lax.dynamic_slice(out, at, row.shape) + row, at)
     return (out,)
 
 
