@@ -96,6 +96,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     saves a checkpoint of the current step and raises :class:`Preempted`; a
     non-finite loss or parameter raises :class:`Diverged` naming the step, and
     no checkpoint is saved without checking that the state is finite.
+
+    Several processes (``jax.distributed`` started, see
+    :func:`robustjax.mesh.initialize`): every process calls this with the
+    same arguments. The mesh spans every device of every process; orbax saves
+    and restores collectively; process 0 alone holds the lock and writes
+    config.json, metrics.jsonl, eval.jsonl and results.json. A SIGTERM that
+    reaches any process stops all of them after the same step, with one
+    checkpoint: the processes all-gather the flag after each call.
     """
     config.validate()
     mesh = _mesh.make_mesh()

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from robustjax import apgd as _apgd
