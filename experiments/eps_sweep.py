@@ -1,6 +1,6 @@
-r"""Accuracy against eps for L-inf or L2 adversaries (Madry et al. Section 5 and appendix).
+r"""Accuracy against eps for L-inf, L2 or L1 adversaries (Madry et al. Section 5 and appendix).
 
-  python -m experiments.eps_sweep --workdir=ADV [--natural_workdir=NAT] --norm=linf|l2 \
+  python -m experiments.eps_sweep --workdir=ADV [--natural_workdir=NAT] --norm=linf|l2|l1 \
       [--eps=0,0.1,...] [--attacks=pgd,apgd,square] [--examples=1000] [--num_steps=100] \
       [--num_queries=5000] [--batch_size=500] [--data_dir=DIR] [--output_dir=DIR]
 
@@ -15,14 +15,16 @@ OUTPUT_DIR defaults to ADV/eps_sweep.
 The checks, printed and in the JSON (a failure is a warning, not an error):
 accuracy at eps 0 equals clean accuracy; accuracy does not rise with eps
 beyond sampling noise; it reaches (near) zero at the largest eps; at the
-training eps under the training norm (L-inf), the gradient-free attack is not
-much stronger than the gradient attacks.
+training eps under the training norm (the run's train_norm), the gradient-free
+attack is not much stronger than the gradient attacks.
 
 The paper's appendix finding on MNIST, reproduced by
 benchmarks/figures_mnist10k_cpu.sh: the L-inf-trained model keeps a high L2
 accuracy under PGD up to large eps, while a gradient-free attack (Square
 here) breaks it at far smaller eps. The default eps lists: MNIST L-inf 0 to 0.5,
-L2 0 to 6; CIFAR-10 L-inf 0 to 16/255, L2 0 to 2.
+L2 0 to 6, L1 0 to 20; CIFAR-10 L-inf 0 to 16/255, L2 0 to 2, L1 0 to 24. L1
+attacks are L1 PGD (sparse steps, the exact projection onto the L1 ball and
+the box), l1-APGD and Square-L1.
 """
 
 import logging
@@ -41,13 +43,17 @@ DEFAULT_EPS = {
     ("mnist", "l2"): [0, .5, 1, 1.5, 2, 2.5, 3, 4, 5, 6],
     ("cifar10", "linf"): [e / 255 for e in (0, 1, 2, 4, 6, 8, 10, 12, 16)],
     ("cifar10", "l2"): [0, .1, .25, .5, .75, 1, 1.5, 2],
+    ("mnist", "l1"): [0, 2, 4, 6, 8, 10, 12, 15, 20],
+    ("cifar10", "l1"): [0, 2, 4, 6, 8, 12, 16, 24],
 }
-DEFAULT_EPS.update({("fashion_mnist", n): DEFAULT_EPS[("mnist", n)] for n in ("linf", "l2")})
+DEFAULT_EPS.update({("fashion_mnist", n): DEFAULT_EPS[("mnist", n)]
+                    for n in ("linf", "l2", "l1")})
+NORM_TITLES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
 
 flags.DEFINE_string("workdir", None, "Adversarially trained model's workdir.")
 flags.DEFINE_string("natural_workdir", None, "Naturally trained model's workdir (optional).")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir).")
-flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model of the sweep.")
+flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "Threat model of the sweep.")
 flags.DEFINE_list("eps", None, "Radii (default: the dataset's list for --norm, see above).")
 flags.DEFINE_list("attacks", ["pgd", "apgd", "square"],
                   "Attacks, from fgsm, pgd, apgd, apgd_t, square.")
@@ -92,10 +98,10 @@ def plot(plt, result: dict, path: str) -> None:
             ax.plot(c["eps"], [100 * a for a in c["accuracy"]], styles[k % 4], ms=3.5,
                     color=colors.get(name, "black"), label=f"{m['label']}: {name}")
     train_eps = result["models"][0]["train_eps"]
-    if result["norm"] == "linf":
+    if result["norm"] == result["models"][0].get("train_norm", "linf"):
         ax.axvline(train_eps, color="gray", lw=0.8, ls=":")
         ax.text(train_eps, 2, f" training eps {train_eps:g}", fontsize=8, color="gray")
-    ax.set_xlabel(f"eps ({'L-inf' if result['norm'] == 'linf' else 'L2'})")
+    ax.set_xlabel(f"eps ({NORM_TITLES[result['norm']]})")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -154,7 +160,7 @@ def main(argv):
                 seconds=time.time() - t0)
         entry["clean_accuracy"] = next(iter(curves.values())).clean_accuracy
         entry["checks"] = sweeps.masking_checks(curves, train_eps=cfg.eps,
-                                                same_norm=FLAGS.norm == "linf")
+                                                same_norm=FLAGS.norm == cfg.train_norm)
         for c in entry["checks"]:
             line = (f"{model.label}: {c['check']} ({c['attack']}): "
                     f"{'ok' if c['passed'] else 'FAILED'}: {c['detail']}")

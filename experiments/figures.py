@@ -78,7 +78,7 @@ def model_info(model: Model) -> dict:
     return dict(label=model.label, workdir=os.path.abspath(model.workdir),
                 arch="CifarResNet" if cfg.dataset == "cifar10" else "MnistCNN", width=cfg.width,
                 params=model.run.params, train_attack=cfg.train_attack, train_eps=cfg.eps,
-                step=model.run.step)
+                train_norm=cfg.train_norm, step=model.run.step)
 
 
 def write_json(path: str, obj: dict) -> None:

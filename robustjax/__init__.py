@@ -2,11 +2,15 @@
 (ICLR 2018) in JAX.
 
 Modules:
-  attacks  -- FGSM, FGSM-RS (Fast AT), PGD (L-inf / L2, restarts, targeted, CW / CW+
+  attacks  -- FGSM, FGSM-RS (Fast AT), PGD (L-inf / L2 / L1, restarts, targeted, CW / CW+
               losses): the inner maximisation of the paper's saddle-point problem (Eq. 2.1).
+  geometry -- the norm geometries (L-inf, L2, L1): start, ascent, projection, distance.
+  l1       -- the L1 threat model's geometry: the exact projection onto the L1 ball and
+              the box, a uniform start, sparse ascent (Croce & Hein, ICML 2021).
   trades   -- the TRADES objective and its KL inner maximisation (Zhang et al., ICML 2019).
   evaluate -- robust accuracy over a dataset with validated adversarial examples.
   apgd     -- Auto-PGD, the DLR loss and APGD-T (Croce & Hein, ICML 2020).
+  apgd_l1  -- one l1-APGD run and its large-eps schedule (Croce & Hein, ICML 2021).
   fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
   square   -- the gradient-free Square attack (Andriushchenko et al., 2020).
   autoattack -- the AutoAttack ensemble (standard, plus, rand, custom versions).
@@ -42,9 +46,10 @@ from robustjax import xla_defaults as _xla_defaults  # isort: skip
 _xla_defaults.apply()
 
 from robustjax import (  # noqa: E402
-    apgd, attacks, augment, autoattack, config, data, evaluate, fab, fastpath, landscape, layers,
-    loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades, train, validation,
-    workdir, xla_defaults)
+    apgd, apgd_l1, attacks, augment, autoattack, config, data, evaluate, fab, fastpath, geometry,
+    l1,
+    landscape, layers, loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades,
+    train, validation, workdir, xla_defaults)
 from robustjax.attacks import fgsm, fgsm_rs, pgd  # noqa: E402
 from robustjax.evaluate import RobustAccuracy, robust_accuracy  # noqa: E402
 from robustjax.models import CifarResNet, MnistCNN  # noqa: E402
@@ -52,7 +57,8 @@ from robustjax.config import TrainConfig  # noqa: E402
 from robustjax.loop import train_and_evaluate  # noqa: E402
 from robustjax.workdir import load_model  # noqa: E402
 
-__all__ = ["apgd", "attacks", "augment", "autoattack", "config", "data", "evaluate", "fab",
+__all__ = ["apgd", "apgd_l1", "geometry", "l1", "attacks", "augment", "autoattack", "config",
+           "data", "evaluate", "fab",
            "fastpath", "landscape", "layers", "loop", "mesh", "models", "rowstore", "square", "state",
            "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults",
            "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet",

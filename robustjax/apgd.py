@@ -18,6 +18,10 @@ robustness with an ensemble of diverse parameter-free attacks" (ICML 2020).
   version used by APGD-T.
 * :func:`apgd_t`: APGD-T, targeted APGD on the DLR loss towards the classes
   ranked 2, 3, ..., num_targets + 1 by the model on the clean input.
+* ``norm="l1"`` runs l1-APGD (Croce & Hein, ICML 2021) instead of Algorithm 1:
+  sparse steps, the exact projection onto the L1 ball and the box, adaptive
+  sparsity and AutoAttack's large-eps schedule (:mod:`robustjax.apgd_l1`);
+  losses, restarts, targets, EOT and the keep-best rule are shared.
 
 Where the paper and the official code (fra31/auto-attack) differ, the choice
 is stated: condition 1 counts "at most rho of the steps" as the code does (the
@@ -39,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import apgd_l1 as _apgd_l1
 from robustjax import attacks as _a
 from robustjax import fastpath
+from robustjax import geometry as _geometry
 
 __all__ = ["APGD_LOSSES", "dlr_loss", "dlr_loss_targeted", "checkpoint_schedule",
            "step_size_halvings", "apgd", "apgd_t"]
@@ -252,10 +258,10 @@ def _apgd_single(logits_fn, objective, geometry, x, y, t, key, *, eps, num_steps
     kinit, kloop = jax.random.split(key)
     if geometry.name == "linf":
         d = jax.random.uniform(kinit, x.shape, jnp.float32, -1.0, 1.0)
-        d = d / (_a._per_example(jnp.max, jnp.abs(d)) + 1e-12)
+        d = d / (_geometry._per_example(jnp.max, jnp.abs(d)) + 1e-12)
     else:
         d = jax.random.normal(kinit, x.shape, jnp.float32)
-        d = d / (_a._l2_norm(d) + 1e-12)
+        d = d / (_geometry._l2_norm(d) + 1e-12)
     x0 = jnp.clip(x + eps * d, lo, hi).astype(x.dtype)
 
     def project(z):
@@ -305,7 +311,8 @@ def _keep_best(carry, run):
             jnp.where(take, lr, best))
 
 
-def _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds):
+def _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds,
+                  use_largereps=False):
     _a._check_xy(x, y, targeted=False)
     _a._check_scalar("eps", eps)
     _a._check_int("num_steps", num_steps, 1)
@@ -315,11 +322,16 @@ def _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds
     if _a._is_concrete(rho) and not 0.0 <= float(rho) <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
     _a._check_choice("norm", norm, tuple(_a.NORMS))
+    if use_largereps:
+        if norm != "l1":
+            raise ValueError(f"use_largereps is l1-APGD's schedule (norm='l1'), got "
+                             f"norm={norm!r}")
+        _apgd_l1.largereps_schedule(num_steps)
     return _a._check_bounds(bounds)
 
 
 def _run_apgd(logits_fn, x, y, key, *, eps, norm, loss, num_steps, restarts, rho,
-              eot_samples, cw_kappa, bounds, targeted, target_ranks):
+              eot_samples, cw_kappa, bounds, targeted, target_ranks, use_largereps=False):
     """Runs over the target ranks (or once, untargeted) x restarts; returns (x, fooled, loss)."""
     lo, hi = bounds
     logits_fn = fastpath.auto(logits_fn)
@@ -338,6 +350,15 @@ def _run_apgd(logits_fn, x, y, key, *, eps, norm, loss, num_steps, restarts, rho
 
     def run(rank, k):
         t = jnp.take(order, num_classes - rank, axis=1) if targeted else y
+        if norm == "l1":
+            kinit, kloop = jax.random.split(k)
+
+            def value_and_grad(z, i):
+                return _value_and_grad(logits_fn, objective, z, y, t,
+                                       jax.random.fold_in(kloop, i), eot_samples)
+            return _apgd_l1.apgd_l1_run(value_and_grad, x, y, kinit, eps=eps,
+                                        num_steps=num_steps, lo=lo, hi=hi,
+                                        use_largereps=use_largereps)
         return _apgd_single(logits_fn, objective, geometry, x, y, t, k, eps=eps,
                             num_steps=num_steps, rho=rho, lo=lo, hi=hi,
                             eot_samples=eot_samples)
@@ -361,7 +382,8 @@ def _run_apgd(logits_fn, x, y, key, *, eps, norm, loss, num_steps, restarts, rho
 def apgd(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str = "linf",
          loss: str = "ce", num_steps: int = 100, restarts: int = 1, targeted: bool = False,
          target_rank: int = 2, rho: float = 0.75, eot_samples: int = 1,
-         cw_kappa: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
+         cw_kappa: float = 0.0, bounds: tuple[float, float] = (0.0, 1.0),
+         use_largereps: bool = False) -> Array:
     """Auto-PGD (Croce & Hein 2020, Section 3, Algorithm 1); AutoAttack's APGD-CE with the defaults.
 
     Args:
@@ -371,7 +393,9 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str 
       y: the true labels ``[B]``, also when ``targeted`` (unlike :func:`robustjax.attacks.pgd`).
       key: PRNG key (random start, restarts, EOT samples).
       eps: radius of the ``norm`` ball (>= 0; may be traced).
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (l1-APGD of Croce & Hein 2021, see
+        :mod:`robustjax.apgd_l1`: sparse steps, the exact projection onto the L1
+        ball and the box, an adaptive sparsity; ``rho`` does not apply).
       loss: ``"ce"`` (cross-entropy, alias ``"xent"``), ``"dlr"`` (:func:`dlr_loss`;
         targeted: :func:`dlr_loss_targeted`) or ``"cw"`` (the CW margin with ``cw_kappa``).
       num_steps: iterations N (the paper: 100).
@@ -383,36 +407,43 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str 
       eot_samples: Expectation over Transformation samples per gradient
         (AutoAttack's "rand" version: 20).
       bounds: valid input range.
+      use_largereps: (``norm="l1"`` only) AutoAttack's L1 schedule: the first
+        30% of the steps at radius 3 eps, the next 30% at 2 eps, the rest at eps.
 
     Returns:
       Adversarial inputs with the shape and dtype of ``x``: per example a
       misclassified point if one was met, else the point of highest loss.
     """
-    bounds = _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds)
+    bounds = _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds,
+                           use_largereps)
     _a._check_choice("loss", loss, APGD_LOSSES)
     _a._check_scalar("cw_kappa", cw_kappa)
     if targeted and _a._is_concrete(target_rank):
         _a._check_int("target_rank", target_rank, 2)
     return _run_apgd(logits_fn, x, y, key, eps=eps, norm=norm, loss=loss, num_steps=num_steps,
                      restarts=restarts, rho=rho, eot_samples=eot_samples, cw_kappa=cw_kappa,
-                     bounds=bounds, targeted=targeted, target_ranks=[target_rank])[0]
+                     bounds=bounds, targeted=targeted, target_ranks=[target_rank],
+                     use_largereps=use_largereps)[0]
 
 
 def apgd_t(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str = "linf",
            num_targets: int = 9, num_steps: int = 100, restarts: int = 1,
            loss: str = "dlr", rho: float = 0.75, eot_samples: int = 1,
-           bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
+           bounds: tuple[float, float] = (0.0, 1.0), use_largereps: bool = False) -> Array:
     """APGD-T (AutoAttack, Section 5): targeted APGD towards each of the top ``num_targets`` wrong classes.
 
     Runs :func:`apgd` with ``targeted=True`` for target ranks 2 ... num_targets + 1
     (one after another in a ``lax.scan``) and keeps per example the first run
     that fools the model, else the run of highest loss. ``y`` are the true
-    labels. AutoAttack's standard version uses 9 targets, 100 steps, 1 restart.
+    labels. AutoAttack's standard version uses 9 targets, 100 steps, 1 restart
+    (for L1: 5 targets with ``use_largereps``).
     """
-    bounds = _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds)
+    bounds = _check_common(x, y, eps, num_steps, restarts, rho, eot_samples, norm, bounds,
+                           use_largereps)
     _a._check_int("num_targets", num_targets, 1)
     _a._check_choice("loss", loss, APGD_LOSSES)
     return _run_apgd(logits_fn, x, y, key, eps=eps, norm=norm, loss=loss, num_steps=num_steps,
                      restarts=restarts, rho=rho, eot_samples=eot_samples, cw_kappa=0.0,
                      bounds=bounds, targeted=True,
-                     target_ranks=list(range(2, num_targets + 2)))[0]
+                     target_ranks=list(range(2, num_targets + 2)),
+                     use_largereps=use_largereps)[0]

@@ -16,8 +16,9 @@ integer class ids. An attack is composed of small parts, each usable alone:
 
 * a loss (:func:`xent_loss`, :func:`cw_loss`) turned into the quantity the
   attacker ascends by :func:`attack_objective`;
-* a norm geometry (:data:`LINF`, :data:`L2`): random start, steepest-ascent
-  direction, projection onto the ball and the distance it measures;
+* a norm geometry (:data:`LINF`, :data:`L2`, :data:`L1`): random start,
+  steepest-ascent direction, projection onto the ball (and the box) and the
+  distance it measures;
 * a step size: a float or an optax schedule ``step -> size``.
 
 Settings that change the compiled program (norm, loss, steps, restarts,
@@ -28,16 +29,18 @@ attacks can be jitted and vmapped (for example over eps).
 from __future__ import annotations
 
 import numbers
-from typing import Callable, NamedTuple, Union
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robustjax import fastpath
+# The norm geometries live in robustjax.geometry; their names are part of this module's API.
+from robustjax.geometry import L1, L2, LINF, NORMS, Norm, l1_geometry  # noqa: F401
 
 __all__ = [
-    "LogitsFn", "Norm", "LINF", "L2", "NORMS", "LOSSES",
+    "LogitsFn", "Norm", "LINF", "L2", "L1", "NORMS", "LOSSES", "l1_geometry",
     "xent_loss", "cw_loss", "margin", "attack_objective", "is_fooled",
     "fgsm", "fgsm_rs", "pgd", "pgd_step", "select_best_restart",
 ]
@@ -45,8 +48,6 @@ __all__ = [
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
 StepSize = Union[float, Callable[[Array], Array]]
-
-_TINY = 1e-12
 
 
 # ----------------------------------------------------------------------------
@@ -108,78 +109,6 @@ def is_fooled(logits: Array, labels: Array, *, targeted: bool = False) -> Array:
     pred = jnp.argmax(logits, axis=-1)
     return pred == labels if targeted else pred != labels
 
-
-# ----------------------------------------------------------------------------
-# Norm geometries: random start, ascent direction, projection (Section 2.1)
-# ----------------------------------------------------------------------------
-
-def _per_example(fn, v: Array) -> Array:
-    """Reduce over every axis but the batch axis, keeping dims for broadcasting."""
-    return fn(v, axis=tuple(range(1, v.ndim)), keepdims=True)
-
-
-def _l2_norm(v: Array) -> Array:
-    return jnp.sqrt(_per_example(jnp.sum, jnp.square(v)))
-
-
-class Norm(NamedTuple):
-    """The geometry of a threat model S = {delta : ||delta|| <= eps}.
-
-    ``random_init(key, shape, eps)``: a perturbation drawn uniformly from the ball.
-    ``ascent(grad)``: the steepest-ascent direction of unit norm for this norm.
-    ``project(delta, eps)``: the Euclidean projection of a perturbation onto the ball.
-    ``distance(delta)``: per-example norm, shape ``[B]``.
-    """
-
-    name: str
-    random_init: Callable[[Array, tuple, Array], Array]
-    ascent: Callable[[Array], Array]
-    project: Callable[[Array, Array], Array]
-    distance: Callable[[Array], Array]
-
-
-def _linf_init(key, shape, eps):
-    return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * eps
-
-
-def _linf_project(delta, eps):
-    return jnp.clip(delta, -eps, eps)
-
-
-def _linf_distance(delta):
-    return jnp.max(jnp.abs(delta.reshape(delta.shape[0], -1)), axis=1)
-
-
-LINF = Norm("linf", _linf_init, jnp.sign, _linf_project, _linf_distance)
-"""L-infinity ball (the paper's threat model): sign-gradient steps, clipping."""
-
-
-def _l2_init(key, shape, eps):
-    kdir, krad = jax.random.split(key)
-    direction = jax.random.normal(kdir, shape, jnp.float32)
-    direction = direction / jnp.maximum(_l2_norm(direction), _TINY)
-    dim = int(np.prod(shape[1:]))
-    radius = jax.random.uniform(krad, (shape[0],) + (1,) * (len(shape) - 1)) ** (1.0 / dim)
-    return direction * radius * eps
-
-
-def _l2_ascent(grad):
-    return grad / jnp.maximum(_l2_norm(grad), _TINY)
-
-
-def _l2_project(delta, eps):
-    norm = _l2_norm(delta)
-    return delta * jnp.where(norm > eps, eps / jnp.maximum(norm, _TINY), 1.0)
-
-
-def _l2_distance(delta):
-    return jnp.sqrt(jnp.sum(jnp.square(delta.reshape(delta.shape[0], -1)), axis=1))
-
-
-L2 = Norm("l2", _l2_init, _l2_ascent, _l2_project, _l2_distance)
-"""L2 ball (paper Figure 6's L2 curves): normalised-gradient steps, rescaling."""
-
-NORMS = {"linf": LINF, "l2": L2}
 
 
 # ----------------------------------------------------------------------------
@@ -327,7 +256,8 @@ def _pgd_single(logits_fn, objective, geometry: Norm, x, y, key, *, eps, schedul
 def pgd_step(logits_fn, objective, geometry: Norm, x, y, x_adv, step_size, *, eps, lo, hi):
     """One PGD iteration (Section 2.1): ``(objective at x_adv [B], next iterate)``.
 
-    The next iterate is ``clip(x + Pi_eps(x_adv + step_size * ascent(grad) - x))``.
+    The next iterate is ``Pi(x_adv + step_size * ascent(grad))``, ``Pi`` the
+    geometry's projection onto the ball around ``x`` and the box (``Norm.to_box``).
     The objective value comes with the gradient at no extra cost; the loss
     landscape (:mod:`robustjax.landscape`) records it along each trajectory.
     ``logits_fn`` goes through :func:`robustjax.fastpath.auto` (fast input
@@ -340,9 +270,8 @@ def pgd_step(logits_fn, objective, geometry: Norm, x, y, x_adv, step_size, *, ep
         return jnp.sum(value), value
 
     grad, value = jax.grad(total, has_aux=True)(x_adv)
-    x_new = x_adv + step_size * geometry.ascent(grad)
-    delta = geometry.project(x_new - x, eps)
-    return value, jnp.clip(x + delta, lo, hi).astype(x.dtype)
+    x_new = x_adv + step_size * geometry.direction(grad, x_adv, lo, hi)
+    return value, geometry.to_box(x, x_new, eps, lo, hi)
 
 
 def select_best_restart(logits_fn: LogitsFn, x_advs: Array, y: Array, *,
@@ -378,8 +307,10 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps, step_size: 
     Iterates ``x <- Pi_{x+S}(x + step_size * d)`` for ``num_steps`` steps,
     where ``d`` is the steepest-ascent direction for ``norm`` (sign of the
     gradient for ``"linf"``, the per-example normalised gradient for
-    ``"l2"``) and ``Pi`` projects onto the eps-ball around ``x`` and then clips
-    to ``bounds``. The loop is a ``jax.lax.fori_loop``.
+    ``"l2"``, the signs of the top 1% of gradient coordinates with unit L1
+    norm for ``"l1"``) and ``Pi`` projects onto the eps-ball around ``x`` and
+    the box ``bounds`` (for L1 exactly onto their intersection; see
+    :class:`Norm`). The loop is a ``jax.lax.fori_loop``.
 
     Args:
       logits_fn: ``x -> logits [B, K]``, a closure over the model's parameters.
@@ -392,7 +323,8 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: Array, *, eps, step_size: 
       eps: radius of the ball (>= 0), in the units of ``x``.
       step_size: float > 0, or an optax-style schedule ``step -> size``.
       num_steps: number of gradient steps (>= 0).
-      norm: ``"linf"`` (the paper's threat model) or ``"l2"``.
+      norm: ``"linf"`` (the paper's threat model), ``"l2"`` or ``"l1"``;
+        for ``"l1"``, ``step_size`` is the L1 length of a step.
       loss: ``"xent"`` (cross-entropy) or ``"cw"`` (:func:`cw_loss`).
       cw_kappa: CW confidence kappa (0: "CW", 50: "CW+" in Table 1).
       random_start: start uniformly inside the ball (the paper's default).

@@ -9,6 +9,9 @@ classifies it correctly, clean and after every attack. Versions:
 =========  =================================================================
 standard   APGD-CE (1 restart), APGD-T (9 targets), FAB-T (9 targets),
            Square (5000 queries); 100 steps each (RobustBench's evaluation).
+           For L1, as the official code: APGD-CE with 5 restarts and APGD-T
+           with 5 targets, both with the large-eps schedule (l1-APGD's
+           ``use_largereps``: 3 eps, 2 eps, then eps).
 plus       APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts),
            Square, APGD-T, FAB-T.
 rand       APGD-CE and APGD-DLR with Expectation over Transformation (20
@@ -43,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import apgd as _apgd
+from robustjax import apgd_l1 as _apgd_l1
 from robustjax import attacks as _a
 from robustjax import evaluate, fab as _fab, mesh as _mesh, rowstore, square as _square
 
@@ -122,27 +126,74 @@ def _chunks(n: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
     return chunks, -(-size // devices) * devices
 
 
+class _SizePlanner:
+    """Chooses the padded chunk size of each stage of one attack: a new size, or one
+    already compiled.
+
+    A new size costs a compilation (seconds to tens of seconds); a compiled larger
+    size costs only its padding. The planner times the calls (the first call of a
+    size includes its compilation) and picks the cheaper: late stages of an
+    ensemble, on a few dozen examples still robust, then reuse a compiled size
+    instead of compiling another. Results never depend on the choice (each
+    example is attacked alone with its own key). With several processes every
+    process must pick the same size, so the choice is the fixed one of
+    :func:`_chunks` there.
+    """
+
+    def __init__(self, batch_size: int, devices: int, adaptive: bool):
+        self.batch_size, self.devices, self.adaptive = batch_size, devices, adaptive
+        self.first = {}        # size -> seconds of its first call (compilation included)
+        self.rate = None       # seconds per padded example, from calls without compilation
+        self.compile_s = None  # estimated compilation time of a new size
+
+    def plan(self, n: int) -> tuple[int, int]:
+        chunks, size = _chunks(n, self.batch_size, self.devices)
+        if not self.adaptive or self.rate is None or self.compile_s is None or (
+                size in self.first):
+            return chunks, size
+        best = (self.compile_s + chunks * size * self.rate, chunks, size)
+        for s in self.first:
+            c = -(-n // s)
+            best = min(best, (c * s * self.rate, c, s))
+        return best[1], best[2]
+
+    def record(self, size: int, seconds: float) -> None:
+        if size not in self.first:
+            self.first[size] = seconds
+        else:
+            self.rate = seconds / size
+        if self.rate is not None:
+            est = [t - s * self.rate for s, t in self.first.items()]
+            self.compile_s = max(0.0, float(np.median(est)))
+
+
 def _stage_attack(name: str, *, eps, norm, version, num_steps, num_queries, bounds,
                   eot_samples) -> tuple[Callable, list]:
     """``(attack(logits, x, y, key, arg), stage args)`` for one attack of the ensemble.
 
     APGD-T and FAB-T are run one target rank at a time (the traced ``arg``),
-    so that each rank only attacks the examples still robust.
+    and APGD-CE / APGD-DLR one restart at a time, so that each rank or restart
+    only attacks the examples still robust, as in the official code.
     """
     plus = version == "plus"
+    l1_standard = norm == "l1" and version in ("standard", "custom")
     restarts = 5 if plus else 1
     eot = eot_samples if version == "rand" else 1
     common = dict(eps=eps, norm=norm, bounds=bounds)
     if name in ("apgd-ce", "apgd-dlr"):
+        # Restarts run as stages, each on the examples still robust (as the official
+        # code does); stage s has its own key.
         loss = "ce" if name == "apgd-ce" else "dlr"
+        apgd_restarts = 5 if l1_standard else restarts
         return (lambda f, x, y, k, _: _apgd.apgd(f, x, y, k, loss=loss, num_steps=num_steps,
-                                                 restarts=restarts, eot_samples=eot, **common),
-                [0])
+                                                 eot_samples=eot, use_largereps=l1_standard,
+                                                 **common),
+                list(range(apgd_restarts)))
     if name == "apgd-t":
         return (lambda f, x, y, k, r: _apgd.apgd(f, x, y, k, loss="dlr", targeted=True,
                                                  target_rank=r, num_steps=num_steps,
-                                                 **common),
-                list(range(2, 11)))
+                                                 use_largereps=l1_standard, **common),
+                list(range(2, 7 if l1_standard else 11)))
     if name == "fab":
         return (lambda f, x, y, k, _: _fab.fab(f, x, y, k, targeted=False, restarts=restarts,
                                                num_steps=num_steps, **common), [0])
@@ -170,10 +221,11 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         rank s for APGD-T and FAB-T, else s = 0) is attacked alone with
         ``fold_in(fold_in(fold_in(key, i), s), j)``, so neither the batches,
         the compaction nor the devices change its result.
-      eps, norm: the threat model (``"linf"`` or ``"l2"``).
+      eps, norm: the threat model (``"linf"``, ``"l2"`` or ``"l1"``).
       version: ``"standard"``, ``"plus"``, ``"rand"`` or ``"custom"`` (see the module).
       attacks: for ``"custom"``: names from :data:`ATTACKS`, run in that order.
-      num_steps: APGD and FAB iterations (AutoAttack: 100).
+      num_steps: APGD and FAB iterations (AutoAttack: 100; the L1 standard
+        version needs 3 or >= 5 for its three radii).
       num_queries: Square's queries (AutoAttack: 5000).
       eot_samples: EOT samples of the "rand" version (AutoAttack: 20).
       batch_size: the largest attack batch. The examples an attack runs on
@@ -195,6 +247,9 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
     _a._check_scalar("eps", eps)
     _a._check_choice("norm", norm, tuple(_a.NORMS))
     _a._check_int("num_steps", num_steps, 1)
+    if norm == "l1" and version in ("standard", "custom") and any(
+            n.startswith("apgd") for n in names):
+        _apgd_l1.largereps_schedule(num_steps)
     _a._check_int("num_queries", num_queries, 1)
     _a._check_int("eot_samples", eot_samples, 1)
     _a._check_int("batch_size", batch_size, 1)
@@ -281,6 +336,7 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
             return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib), arg)
 
         run = _mesh.sharded(run_local, mesh, num_batched=3)
+        sizes = _SizePlanner(batch_size, mesh.size, adaptive=jax.process_count() == 1)
         t0 = time.time()
         todo = int(robust.sum()) * len(stage_args)
         done = 0
@@ -288,12 +344,14 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
             idx = np.flatnonzero(robust)
             if not len(idx):
                 break
-            chunks, size = _chunks(len(idx), batch_size, mesh.size)
+            chunks, size = sizes.plan(len(idx))
             stage_key = jax.random.fold_in(jax.random.fold_in(key, i), s)
             for sel in np.array_split(idx, chunks):
+                t_call = time.time()
                 adv, checks = _mesh.map_batch(
                     run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
                     [stage_key, np.int32(arg)], size=size)
+                sizes.record(size, time.time() - t_call)
                 evaluate.validate_checks(checks, eps=float(eps), atol=float(atol), norm=norm,
                                          bounds=(lo, hi), index=sel)
                 hit = ~checks["adv_ok"]
@@ -304,7 +362,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                 elapsed = time.time() - t0
                 left_here = max(todo - done, 0)
                 log.info("%s%s: %d/%d examples, %d robust left (%.2f%%), %.0fs, ETA %.0fs",
-                         name, f" target {arg}" if len(stage_args) > 1 else "", done,
+                         name, (f" {'target' if name in ('apgd-t', 'fab-t') else 'restart'} {arg}"
+                                if len(stage_args) > 1 else ""), done,
                          todo, int(robust.sum()), 100 * robust.mean(), elapsed,
                          elapsed / max(done, 1) * left_here)
             todo = done + int(robust.sum()) * (len(stage_args) - s - 1)

@@ -20,10 +20,12 @@ import numpy as np
 
 from robustjax import data
 
-__all__ = ["TrainConfig", "TRAIN_ATTACKS", "OBJECTIVES", "OPTIMIZERS", "LR_SCHEDULES",
+__all__ = ["TrainConfig", "TRAIN_ATTACKS", "TRAIN_NORMS", "OBJECTIVES", "OPTIMIZERS",
+           "LR_SCHEDULES",
            "BN_ATTACK_MODES", "COMPUTE_DTYPES", "RESUMABLE_CHANGES", "field_help"]
 
 TRAIN_ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd")
+TRAIN_NORMS = ("linf", "l2", "l1")
 OBJECTIVES = ("madry", "trades")
 OPTIMIZERS = ("adam", "momentum")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
@@ -64,7 +66,14 @@ class TrainConfig:
         choices=OBJECTIVES)
     trades_beta: float = _field(6.0, "TRADES: weight beta of the KL term (the paper: 6).",
                                 minimum=0.0)
-    eps: float = _field(0.3, "L-inf radius for training and evaluation.", minimum=0.0)
+    eps: float = _field(0.3, "Radius of the train_norm ball, for training and evaluation.",
+                        minimum=0.0)
+    train_norm: str = _field(
+        "linf", "Threat model of training and of the run's evaluations: 'linf' (the paper), "
+        "'l2' or 'l1' (the exact projection onto the L1 ball and the box; set "
+        "attack_step_size to an L1 step length, e.g. 2.5 * eps / attack_steps). 'l2' and "
+        "'l1' train with PGD (or TRADES' PGD); FGSM and Fast AT are L-inf only.",
+        choices=TRAIN_NORMS)
     attack_steps: int = _field(40, "PGD steps during training.", minimum=1)
     attack_step_size: float = _field(0.01, "PGD step size during training.", minimum=0.0)
     eps_ramp_steps: int = _field(
@@ -124,7 +133,8 @@ class TrainConfig:
         "attacks with a key fixed by i).", minimum=1)
     eval_attack_steps: tuple = _field((40, 100), "PGD steps of the evaluation rows.")
     eval_attack_step_size: float = _field(
-        0.01, "PGD step size of the evaluation rows (the paper: 0.01 at eps 0.3).",
+        0.01, "PGD step size of the evaluation rows (the paper: 0.01 at eps 0.3); with "
+        "train_norm 'l2' or 'l1' the rows use 2.5 * eps / steps (Madry et al.'s rule).",
         minimum=0.0)
 
     def validate(self) -> None:
@@ -167,6 +177,9 @@ class TrainConfig:
                                                self.objective != "madry"):
             raise ValueError("bn_attack_mode 'madry' is defined for train_attack 'pgd' with "
                              "objective 'madry' only")
+        if self.train_norm != "linf" and self.train_attack in ("fgsm", "fgsm_rs"):
+            raise ValueError(f"train_attack {self.train_attack!r} is an L-inf attack; "
+                             f"train_norm {self.train_norm!r} needs train_attack 'pgd'")
         if self.objective == "trades" and self.train_attack != "pgd":
             raise ValueError(f"objective 'trades' maximises its KL term by PGD: it needs "
                              f"train_attack 'pgd', got {self.train_attack!r}")

@@ -119,7 +119,7 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
         it may use any source model (transfer attacks). ``None`` evaluates the
         clean inputs (the "natural" row).
       eps, norm: the threat model the adversarial examples are checked against
-        (``norm`` is ``"linf"`` or ``"l2"``).
+        (``norm`` is ``"linf"``, ``"l2"`` or ``"l1"``).
       batch_size: examples per attack call (rounded up to a multiple of the
         device count). The last batch is padded, so the attack is compiled once.
       key: PRNG key; example ``j`` is attacked alone (a ``vmap`` over the
@@ -127,7 +127,8 @@ def robust_accuracy(logits_fn: _attacks.LogitsFn, x, y, attack: Optional[AttackF
         batch size nor the devices change its result. Defaults to
         ``jax.random.PRNGKey(0)``.
       bounds: valid input range, checked for ``x`` and every ``x_adv``.
-      atol: slack on the eps-ball check for float rounding.
+      atol: slack on the eps-ball check for float rounding; for L1, whose
+        distance sums the rounding of every coordinate, ``atol * max(1, eps)``.
       keep_adversarial: also return the adversarial examples (NumPy, host memory).
       mesh: the devices, a :func:`robustjax.mesh.make_mesh` mesh; each batch is
         split along its ``"data"`` axis. Default: every device of every process.
@@ -225,7 +226,9 @@ def validate_checks(checks: dict, *, eps: float, atol: float, norm: str, bounds,
     if np.any(bad):
         fail(bad, f"leave bounds [{lo}, {hi}] (min {checks['low'].min()}, "
                   f"max {checks['high'].max()})")
+    if norm == "l1":  # the L1 distance sums one rounding error per coordinate
+        atol = atol * max(1.0, eps)
     bad = checks["dist"] > eps + atol
     if np.any(bad):
-        fail(bad, f"lie outside the {norm} ball of radius {eps} (+{atol}): largest "
+        fail(bad, f"lie outside the {norm} ball of radius {eps} (+{atol:g}): largest "
                   f"distance {checks['dist'].max()}")

@@ -57,12 +57,18 @@ def _load_split(config: TrainConfig, split: str):
 
 
 def evaluation_specs(config: TrainConfig) -> list:
-    """Natural, FGSM and PGD-k rows (paper Table 1 layout) at the training eps."""
-    eps, ss = config.eps, config.eval_attack_step_size
-    specs = [suite.AttackSpec("Natural", attack="natural", eps=eps),
-             suite.AttackSpec("FGSM", attack="fgsm", eps=eps)]
-    specs += [suite.AttackSpec("PGD", eps=eps, steps=int(k), step_size=ss)
-              for k in config.eval_attack_steps if int(k) > 0]
+    """Natural, FGSM and PGD-k rows (paper Table 1 layout) at the training eps and norm.
+
+    FGSM is L-inf only; L2 and L1 runs get the natural and PGD-k rows, with steps of
+    2.5 eps / k.
+    """
+    eps, norm = config.eps, config.train_norm
+    specs = [suite.AttackSpec("Natural", attack="natural", eps=eps, norm=norm)]
+    if norm == "linf":
+        specs.append(suite.AttackSpec("FGSM", attack="fgsm", eps=eps))
+    for k in (int(k) for k in config.eval_attack_steps if int(k) > 0):
+        ss = config.eval_attack_step_size if norm == "linf" else 2.5 * eps / k
+        specs.append(suite.AttackSpec("PGD", eps=eps, steps=k, step_size=ss, norm=norm))
     return specs
 
 

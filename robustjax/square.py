@@ -17,6 +17,10 @@ then p_init / 2, / 4, ... after queries 10, 50, 200, 500, 1000, 2000, 4000,
   patterns with random signs; a query moves the perturbation's mass out of a
   second window into the first, with a new pattern of two opposite halves
   (the ``eta`` of the paper), keeping the total norm at eps.
+* L1 (the official code's L1 version, used by AutoAttack for L1): as L2, with
+  patterns of weights 1 / (k + 1)^4 normalised in L1, the mass counted in L1,
+  and every candidate projected exactly onto the L1 ball (radius
+  eps (1 - 1e-6)) intersected with the box (:func:`robustjax.l1.project_l1_box`).
 
 Windows, signs and the patterns' orientation are drawn per example (the
 official code shares one window and sign across the batch). Everything runs
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import attacks as _a
+from robustjax import l1 as _l1
 
 __all__ = ["SQUARE_LOSSES", "p_schedule", "square"]
 
@@ -55,9 +60,9 @@ def p_schedule(i, *, p_init: float = 0.8, num_queries: int = 5000, rescale: bool
     return p_init / (2.0 ** halvings)
 
 
-def _harmonic2(n_max: int) -> np.ndarray:
-    """H2[n] = sum_{m=1}^{n} 1 / m^2, for n = 0 ... n_max."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n_max + 1) ** 2)]).astype(
+def _harmonic2(n_max: int, power: int = 2) -> np.ndarray:
+    """H[n] = sum_{m=1}^{n} 1 / m^power, for n = 0 ... n_max."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n_max + 1) ** power)]).astype(
         np.float32)
 
 
@@ -74,20 +79,24 @@ def _rectangle(i, j, nx, ny, h2):
     return jnp.where(inside & (d < k), h2[k] - h2[jnp.minimum(d, k)], 0.0)
 
 
-def _eta_table(s, size: int) -> Array:
-    """The L2 pattern eta of side ``s`` (may be traced) on a ``size x size`` grid, unit L2 norm.
+def _eta_table(s, size: int, norm: str = "l2") -> Array:
+    """The pattern eta of side ``s`` (may be traced) on a ``size x size`` grid, unit norm.
 
     Rows [0, s // 2) hold one rectangle, rows [s // 2, s) the other with the
     opposite sign, each normalised to unit norm before the whole is (the paper's
-    Algorithm 3, "meta-pattern"). Zero outside the s x s square.
+    Algorithm 3, "meta-pattern"). Zero outside the s x s square. L2: rectangles
+    of weight 1 / (k + 1)^2 and L2 norms; L1: 1 / (k + 1)^4 and L1 norms.
     """
-    h2 = jnp.asarray(_harmonic2(size + 2))
+    h2 = jnp.asarray(_harmonic2(size + 2, 4 if norm == "l1" else 2))
     i, j = jnp.meshgrid(jnp.arange(size), jnp.arange(size), indexing="ij")
     half = s // 2
     top = _rectangle(i, j, half, s, h2)
     bottom = _rectangle(i - half, j, s - half, s, h2)
-    unit = lambda v: v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-12)  # s = 1: no top half
-    return unit(unit(top) - unit(bottom))
+    if norm == "l1":
+        unit = lambda v: v / jnp.maximum(jnp.sum(jnp.abs(v)), 1e-12)  # noqa: E731
+    else:
+        unit = lambda v: v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-12)  # noqa: E731
+    return unit(unit(top) - unit(bottom))  # s = 1: no top half
 
 
 def _window_mask(rows, cols, vh, vw, s):
@@ -113,10 +122,16 @@ def _l2(v):
     return jnp.sqrt(jnp.sum(v * v, axis=(1, 2, 3), keepdims=True))
 
 
+def _l1n(v):
+    return jnp.sum(jnp.abs(v), axis=(1, 2, 3), keepdims=True)
+
+
 def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str = "linf",
            num_queries: int = 5000, p_init: float = 0.8, loss: str = "margin",
            rescale_schedule: bool = False, bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
-    """Square attack (Andriushchenko et al. 2020), untargeted, L-inf or L2; AutoAttack's with the defaults.
+    """Square attack (Andriushchenko et al. 2020), untargeted, L-inf, L2 or L1.
+
+    AutoAttack's with the defaults.
 
     Args:
       logits_fn: ``x -> logits [B, K]``; only ever evaluated, never differentiated.
@@ -124,7 +139,7 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
       y: true labels ``[B]``.
       key: PRNG key.
       eps: radius of the ``norm`` ball (>= 0; may be traced).
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
       num_queries: random-search iterations after the initial query (each one
         model evaluation per example still correctly classified).
       p_init: the window's initial fraction of the image (AutoAttack: 0.8).
@@ -163,10 +178,14 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
 
     kinit, kloop = jax.random.split(key)
     signs = lambda k, shape: jnp.where(jax.random.bernoulli(k, 0.5, shape), 1.0, -1.0)
+    l1_radius = eps * (1.0 - 1e-6)
     if norm == "linf":
         x_best = jnp.clip(x + eps * signs(kinit, (b, 1, w, c)), lo, hi)
+    elif norm == "l1":
+        x_best = _l1.project_l1_box(x, x + _tiled_start(kinit, x.shape, "l1"), l1_radius,
+                                    lo, hi)
     else:
-        x_best = jnp.clip(x + eps * _l2_start(kinit, x.shape), lo, hi)
+        x_best = jnp.clip(x + eps * _tiled_start(kinit, x.shape, "l2"), lo, hi)
     x_best = x_best.astype(x.dtype)
     margin_min, loss_min = margin_and_loss(x_best)
     eta_size = side
@@ -188,6 +207,19 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
         sgn = signs(k[1], (b, 1, 1, c))
         if norm == "linf":
             cand = jnp.where(win, jnp.clip(x + eps * sgn, lo, hi), x_best)
+        elif norm == "l1":
+            vh2, vw2 = corner(k[2])
+            win2 = _window_mask(rows, cols, vh2, vw2, s)
+            delta = x_best - x
+            in1 = _sum_hw(jnp.abs(delta * win))
+            in_both = _sum_hw(jnp.abs(delta * (win | win2)))
+            pattern = _place(_eta_table(s, eta_size, "l1"), rows, cols, vh, vw,
+                             jax.random.bernoulli(k[3], 0.5, (b,)))
+            new = pattern * sgn + delta * win / (1e-12 + in1)
+            budget = (jnp.maximum(eps - _l1n(delta), 0.0) / c + in_both) * c
+            new = new / (1e-12 + _sum_hw(jnp.abs(new))) * budget
+            delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
+            cand = _l1.project_l1_box(x, x + delta, l1_radius, lo, hi)
         else:
             vh2, vw2 = corner(k[2])
             win2 = _window_mask(rows, cols, vh2, vw2, s)
@@ -219,13 +251,19 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
     return x_best
 
 
-def _l2_start(key, shape):
-    """The L2 start: a grid of eta patterns of side H // 5 with random signs, unit L2 norm."""
+def _tiled_start(key, shape, norm):
+    """The L2 / L1 start: a grid of eta patterns of side H // 5 with random signs.
+
+    L2: scaled to unit L2 norm (the caller multiplies by eps). L1: as the
+    official code, the tiles themselves (each of unit L1 norm per channel); the
+    caller projects them onto the eps-ball and the box.
+    """
     b, h, w, c = shape
     s = h // 5
     if s < 1:
-        raise ValueError(f"the L2 Square attack needs images of height >= 5, got {h}")
-    eta = _eta_table(s, s)
+        raise ValueError(f"the {norm.upper()} Square attack needs images of height >= 5, "
+                         f"got {h}")
+    eta = _eta_table(s, s, norm)
     start = (h - 5 * s) // 2
     delta = jnp.zeros(shape, jnp.float32)
     ksign, kflip = jax.random.split(key)
@@ -239,4 +277,4 @@ def _l2_start(key, shape):
                 continue
             tile = jnp.where(flip[a, bb][:, None, None], eta.T[None], eta[None])[..., None]
             delta = delta.at[:, r0:r0 + s, c0:c0 + s, :].add(tile * sgn[a, bb])
-    return delta / (_l2(delta) + 1e-12)
+    return delta if norm == "l1" else delta / (_l2(delta) + 1e-12)

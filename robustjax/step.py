@@ -82,10 +82,10 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
     if config.objective == "trades":
         x_adv = trades.trades_attack(logits_fn, x, y, key, eps=eps,
                                      step_size=config.attack_step_size,
-                                     num_steps=config.attack_steps)
+                                     num_steps=config.attack_steps, norm=config.train_norm)
     elif config.train_attack == "pgd":
         x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=config.attack_step_size,
-                            num_steps=config.attack_steps)
+                            num_steps=config.attack_steps, norm=config.train_norm)
     elif config.train_attack == "fgsm_rs":
         x_adv = attacks.fgsm_rs(logits_fn, x, y, key, eps=eps)
     elif config.train_attack == "fgsm":
@@ -97,7 +97,7 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
 
 
 def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y, key, eps):
-    """L-inf PGD whose every forward pass runs batch norm in train mode and updates
+    """PGD in ``config.train_norm`` whose every forward pass runs batch norm in train mode, updating
     the running averages (``bn_attack_mode="madry"``: Madry's cifar10_challenge,
     where the TF batch norm updates its averages on every training-mode run).
 
@@ -105,7 +105,7 @@ def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y
     sign ascent, projection, clipping), with the statistics in the loop carry.
     Returns ``(x_adv, batch_stats)``.
     """
-    geometry = attacks.LINF
+    geometry = attacks.NORMS[config.train_norm]
     params = compute_params(config, state.params)
     dtype = jnp.dtype(config.compute_dtype)
     x_adv = jnp.clip(x + geometry.random_init(key, x.shape, eps).astype(x.dtype), 0.0, 1.0)
@@ -119,8 +119,8 @@ def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y
             return jnp.sum(attacks.xent_loss(logits.astype(jnp.float32), y)), upd["batch_stats"]
 
         grad, new_stats = jax.grad(objective, has_aux=True)(x_adv)
-        x_new = x_adv + config.attack_step_size * geometry.ascent(grad)
-        x_adv = jnp.clip(x + geometry.project(x_new - x, eps), 0.0, 1.0).astype(x.dtype)
+        x_new = x_adv + config.attack_step_size * geometry.direction(grad, x_adv, 0.0, 1.0)
+        x_adv = geometry.to_box(x, x_new, eps, 0.0, 1.0)
         new_stats = jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new_stats, stats)
         return x_adv, new_stats
 

@@ -57,7 +57,7 @@ class AttackSpec:
       (:func:`robustjax.fab.fab`, untargeted / targeted), ``"square"``
       (:func:`robustjax.square.square`), or ``"autoattack"`` (the ensemble,
       :func:`robustjax.autoattack.autoattack`, white-box only).
-    norm, eps: the threat model (``"linf"`` or ``"l2"``).
+    norm, eps: the threat model (``"linf"``, ``"l2"`` or ``"l1"``; FGSM rows are L-inf).
     steps: iterations; Square: queries. Default (None): PGD 40, APGD and FAB
       100, Square 5000; the ensemble uses its own (100 steps, 5000 queries).
     step_size, random_start: PGD's (FGSM: one step of eps); the other attacks

@@ -44,8 +44,8 @@ def sweep_attack(name: str, logits_fn: _a.LogitsFn, *, norm: str, num_steps: Opt
                  bounds=(0.0, 1.0)) -> EpsAttack:
     """``attack(x, y, key, eps) -> x_adv`` for a sweep, with ``eps`` traced.
 
-    * ``"fgsm"``: one signed step of size eps (L-inf), or one normalised
-      gradient step of size eps (L2).
+    * ``"fgsm"``: one signed step of size eps (L-inf), one normalised
+      gradient step of size eps (L2), or one sparse step of L1 length eps (L1).
     * ``"pgd"``: PGD with a random start, ``num_steps`` (default 100) steps of
       ``step_scale * eps / num_steps`` (2.5 eps / k: a path 2.5 times the
       radius, the rule of Madry et al.'s released code), ``restarts`` starts.

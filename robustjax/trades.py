@@ -53,7 +53,7 @@ def trades_attack(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
     logits_fn = fastpath.auto(logits_fn)
     clean_logits = jax.lax.stop_gradient(logits_fn(x))
     noise = init_std * jax.random.normal(key, x.shape, jnp.float32)
-    x_adv = jnp.clip(x + geometry.project(noise.astype(x.dtype), eps), lo, hi).astype(x.dtype)
+    x_adv = geometry.to_box(x, x + noise.astype(x.dtype), eps, lo, hi)
 
     def objective(logits, target_logits):
         return kl_divergence(target_logits, logits)

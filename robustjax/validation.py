@@ -58,12 +58,13 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_examples: int):
 
 
 def make_validator(logits_fn_of, *, eps: float, attack_steps: int, batch_size: int,
-                   seed: int, mesh=None):
+                   seed: int, mesh=None, norm: str = "linf"):
     """``validate(variables, images_uint8, labels) -> dict`` of accuracies on a split.
 
     ``logits_fn_of(variables)`` returns the eval-mode ``x -> logits`` of some
     weights (raw or averaged). The result holds ``clean_acc``, ``fgsm_acc``
-    (FGSM, Eq. 2.2), ``robust_acc`` (APGD-CE with ``attack_steps`` iterations;
+    (FGSM, Eq. 2.2: one step of length eps along the ``norm``'s ascent direction
+    from x), ``robust_acc`` (APGD-CE in ``norm`` with ``attack_steps`` iterations;
     an example counts as robust only if it is classified correctly both clean
     and attacked) and ``n``. Example ``j`` is attacked alone with the key
     ``fold_in(PRNGKey(seed), j)``; batches are split over ``mesh`` (default:
@@ -77,9 +78,15 @@ def make_validator(logits_fn_of, *, eps: float, attack_steps: int, batch_size: i
         logits_fn = logits_fn_of(variables)
 
         def attack(xe, ye, ke):
-            return _apgd.apgd(logits_fn, xe, ye, ke, eps=eps, loss="ce", num_steps=attack_steps)
+            return _apgd.apgd(logits_fn, xe, ye, ke, eps=eps, loss="ce", num_steps=attack_steps,
+                              norm=norm)
         clean = jnp.argmax(logits_fn(x), -1) == y
-        fgsm = jnp.argmax(logits_fn(attacks.fgsm(logits_fn, x, y, eps=eps)), -1) == y
+        if norm == "linf":
+            x_fgsm = attacks.fgsm(logits_fn, x, y, eps=eps)
+        else:
+            x_fgsm = attacks.pgd(logits_fn, x, y, None, eps=eps, step_size=eps, num_steps=1,
+                                 norm=norm, random_start=False)
+        fgsm = jnp.argmax(logits_fn(x_fgsm), -1) == y
         x_adv = _mesh.per_example(attack)(x, y, _mesh.example_keys(key, idx))
         robust = clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
         return clean, fgsm, robust
@@ -142,7 +149,8 @@ class PeriodicValidation:
         self.validate = make_validator(logits_fn_of, eps=config.eps,
                                        attack_steps=config.val_attack_steps,
                                        batch_size=config.eval_batch_size,
-                                       seed=config.seed + 2, mesh=mesh)
+                                       seed=config.seed + 2, mesh=mesh,
+                                       norm=config.train_norm)
         self.path = os.path.join(workdir, "eval.jsonl")
         self.manager = _workdir.best_checkpoint_manager(workdir)
         self.scored = "ema" if config.ema_decay > 0 else "last"

@@ -219,7 +219,7 @@ def test_eot_averages_the_gradient():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(loss="hinge"), "loss"), (dict(norm="l1"), "norm"), (dict(eps=-0.1), "eps"),
+    (dict(loss="hinge"), "loss"), (dict(norm="l0"), "norm"), (dict(eps=-0.1), "eps"),
     (dict(num_steps=0), "num_steps"), (dict(restarts=0), "restarts"), (dict(rho=1.5), "rho"),
     (dict(targeted=True, target_rank=1), "target_rank"), (dict(eot_samples=0), "eot_samples"),
     (dict(targeted=True, target_rank=11), "target rank 11")])

@@ -35,7 +35,7 @@ def test_versions_and_bad_input(natural_model):
            (dict(version="custom", attacks=["pgd"]), "attacks"),
            (dict(version="custom"), "attacks"), (dict(eps=-0.1), "eps"),
            (dict(num_queries=0), "num_queries"), (dict(num_steps=0), "num_steps"),
-           (dict(batch_size=0), "batch_size"), (dict(norm="l1"), "norm")]
+           (dict(batch_size=0), "batch_size"), (dict(norm="l0"), "norm")]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             autoattack.autoattack(m.logits_fn, x, y, **{"eps": EPS, **kwargs})
@@ -227,3 +227,21 @@ def test_suite_rows_for_the_new_attacks(natural_model, standard_run):
 def test_bad_specs_name_the_field(spec, match):
     with pytest.raises(ValueError, match=match):
         spec.validate()
+
+
+def test_size_planner_reuses_a_compiled_size_when_compiling_costs_more():
+    """Late stages on a few robust examples reuse a compiled size; expensive models do not."""
+    cheap = autoattack._SizePlanner(500, 1, adaptive=True)
+    assert cheap.plan(1000) == autoattack._chunks(1000, 500)  # nothing measured yet
+    cheap.record(500, 10.0)   # first call: compilation + run
+    cheap.record(500, 2.0)    # second call: run only -> 0.004 s per example, compile ~8 s
+    assert cheap.plan(100) == (1, 500)
+    assert cheap.plan(480) == (1, 500)
+    costly = autoattack._SizePlanner(500, 1, adaptive=True)
+    costly.record(500, 100.0)
+    costly.record(500, 90.0)  # 0.18 s per example: padding 100 to 500 costs more than 10 s
+    assert costly.plan(100) == autoattack._chunks(100, 500)
+    fixed = autoattack._SizePlanner(500, 1, adaptive=False)
+    fixed.record(500, 10.0)
+    fixed.record(500, 2.0)
+    assert fixed.plan(100) == autoattack._chunks(100, 500)

@@ -152,8 +152,20 @@ def test_autoattack_entry_point(tiny_runs, tmp_path):
     assert list(res["accuracy_after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert res["robust_acc"] <= res["clean_acc"]
     assert os.path.isfile(os.path.join(tmp_path, "autoattack.md"))
+    # Several threat models: each in its own directory, and one table of all.
+    p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=12", "--num_steps=3",
+             "--num_queries=10", "--batch_size=16", "--norm=linf,l1", "--eps=0.1,2",
+             f"--output_dir={tmp_path / 'multi'}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    both = json.load(open(tmp_path / "multi" / "threat_models.json"))
+    assert [(t["norm"], t["eps"]) for t in both["threat_models"]] == [("linf", 0.1), ("l1", 2.0)]
+    assert "AutoAttack (L1)" in open(tmp_path / "multi" / "threat_models.md").read()
+    l1_res = json.load(open(tmp_path / "multi" / "autoattack_l1_2" / "autoattack.json"))
+    assert l1_res["norm"] == "l1" and l1_res["robust_acc"] == both["threat_models"][1][
+        "robust_acc"]
     for bad, what in (("--eps=-1", "--eps"), ("--norm=l2", "--eps is required"),
-                      ("--examples=0", "--examples")):
+                      ("--examples=0", "--examples"), ("--norm=linf,l1", "--eps is required"),
+                      ("--norm=l3", "--norm")):
         p = _run("experiments.autoattack", f"--workdir={wd}", bad)  # absl usage errors
         assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = _run("experiments.autoattack", f"--workdir={tmp_path / 'missing'}")

@@ -143,7 +143,7 @@ def test_invariants(norm, eps, targeted, restarts):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(eps=-1.0), "eps"), (dict(norm="l1"), "norm"), (dict(num_steps=0), "num_steps"),
+    (dict(eps=-1.0), "eps"), (dict(norm="l0"), "norm"), (dict(num_steps=0), "num_steps"),
     (dict(restarts=0), "restarts"), (dict(num_targets=0), "num_targets"),
     (dict(num_targets=10), "target ranks"), (dict(eta=0.0), "eta"),
     (dict(final_search_steps=-1), "final_search_steps")])

@@ -76,7 +76,7 @@ def test_pgd_raises_the_loss_of_a_linear_model():
 @pytest.mark.parametrize("override,name", [(dict(restarts=0), "restarts"),
                                            (dict(chunk_size=0), "chunk_size"),
                                            (dict(eps=-0.1), "eps"),
-                                           (dict(norm="l1"), "norm")])
+                                           (dict(norm="l0"), "norm")])
 def test_bad_settings_raise(model_and_data, override, name):
     f, x, y = model_and_data
     kw = {**SETTINGS, "restarts": 2, **override}

@@ -116,7 +116,7 @@ def test_square_breaks_a_model_whose_gradients_are_zero(natural_model):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(num_queries=0), "num_queries"), (dict(eps=-0.1), "eps"), (dict(norm="l1"), "norm"),
+    (dict(num_queries=0), "num_queries"), (dict(eps=-0.1), "eps"), (dict(norm="l0"), "norm"),
     (dict(p_init=1.5), "p_init"), (dict(p_init=0.0), "p_init"), (dict(loss="xent"), "loss")])
 def test_bad_input_names_the_argument(batch, kwargs, match):
     x, y, f = batch
