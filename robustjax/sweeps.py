@@ -51,6 +51,10 @@ def sweep_attack(name: str, logits_fn: _a.LogitsFn, *, norm: str, num_steps: Opt
       radius, the rule of Madry et al.'s released code), ``restarts`` starts.
     * ``"apgd"``: APGD with cross-entropy (AutoAttack's APGD-CE), ``num_steps``
       (default 100); ``"apgd_t"``: APGD-T with the targeted DLR loss, 9 targets.
+      For L1, AutoAttack's L1 settings: ``use_largereps`` (without it l1-APGD is
+      much weaker: on the CPU recipe's MNIST model at eps 10, 42.5% robust
+      accuracy on 200 digits against 19.5% with it; the official code: 50.0% and
+      22.0%) and 5 targets.
     * ``"square"``: Square, ``num_queries`` queries, no gradients.
     """
     _a._check_choice("attack", name, SWEEP_ATTACKS)
@@ -69,6 +73,10 @@ def sweep_attack(name: str, logits_fn: _a.LogitsFn, *, norm: str, num_steps: Opt
     if name in ("apgd", "apgd_t"):
         fn = _apgd.apgd if name == "apgd" else _apgd.apgd_t
         kw = dict(loss="ce") if name == "apgd" else {}
+        if norm == "l1":  # AutoAttack's L1 settings: the large-eps start, 5 targets
+            kw["use_largereps"] = True
+            if name == "apgd_t":
+                kw["num_targets"] = 5
         return lambda x, y, key, eps: fn(logits_fn, x, y, key, eps=eps, norm=norm,
                                          num_steps=steps, restarts=restarts, bounds=bounds,
                                          **kw)
