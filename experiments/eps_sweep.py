@@ -5,7 +5,10 @@ r"""Accuracy against eps for L-inf, L2 or L1 adversaries (Madry et al. Section 5
       [--num_queries=5000] [--batch_size=500] [--data_dir=DIR] [--output_dir=DIR]
 
 For each model and attack, the robust accuracy at each eps on the first N test
-examples, from validated adversarial examples. eps is traced, so each attack
+examples, from validated adversarial examples; under them, the accuracy
+certified by each verifier of --certify (default IBP and CROWN-IBP), checked
+example by example against every attack (a certified example that an attack
+breaks stops the sweep with an error). eps is traced, so each attack
 compiles once per model. PGD takes 2.5 eps / k steps (k = --num_steps), APGD
 and Square their AutoAttack settings. Writes OUTPUT_DIR/eps_sweep_<norm>.json
 (curves, per-example results, the gradient-masking checks) and .md, and
@@ -57,6 +60,9 @@ flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "Threat model of the swe
 flags.DEFINE_list("eps", None, "Radii (default: the dataset's list for --norm, see above).")
 flags.DEFINE_list("attacks", ["pgd", "apgd", "square"],
                   "Attacks, from fgsm, pgd, apgd, apgd_t, square.")
+flags.DEFINE_list("certify", ["ibp", "crown_ibp"],
+                  "Verifiers whose certified-accuracy curves (the lower side of the bracket) "
+                  "are drawn under the attack curves: from ibp, crown_ibp, crown (empty: none).")
 flags.DEFINE_integer("examples", 1000, "First N test examples (-1: all).")
 flags.DEFINE_integer("num_steps", 100, "PGD / APGD iterations.")
 flags.DEFINE_integer("num_queries", 5000, "Square's queries.")
@@ -72,6 +78,9 @@ flags.register_validator("examples", lambda v: v == -1 or v >= 1,
                          message="--examples must be -1 (all) or positive")
 flags.register_validator("attacks", lambda v: bool(v) and set(v) <= set(SWEEP_ATTACKS),
                          message=f"--attacks must be a list from {','.join(SWEEP_ATTACKS)}")
+flags.register_validator("certify", lambda v: set(v) <= {"ibp", "crown_ibp", "crown"},
+                         message="--certify must be a list from ibp,crown_ibp,crown")
+CERT_COLORS = dict(ibp="0.45", crown_ibp="black", crown="tab:brown")
 
 
 def _eps_list(dataset: str, norm: str) -> list[float]:
@@ -97,6 +106,10 @@ def plot(plt, result: dict, path: str) -> None:
         for name, c in m["curves"].items():
             ax.plot(c["eps"], [100 * a for a in c["accuracy"]], styles[k % 4], ms=3.5,
                     color=colors.get(name, "black"), label=f"{m['label']}: {name}")
+        for name, c in m.get("certified", {}).items():
+            ax.plot(c["eps"], [100 * a for a in c["accuracy"]], "--x", ms=4, lw=1.6,
+                    color=CERT_COLORS.get(name, "gray"),
+                    label=f"{m['label']}: {name}-certified")
     train_eps = result["models"][0]["train_eps"]
     if result["norm"] == result["models"][0].get("train_norm", "linf"):
         ax.axvline(train_eps, color="gray", lw=0.8, ls=":")
@@ -121,7 +134,30 @@ def markdown(result: dict) -> str:
         for name, c in m["curves"].items():
             lines.append(f"| {m['label']} | {name} | " +
                          " | ".join(f"{100 * a:.1f}" for a in c["accuracy"]) + " |")
+        for name, c in m.get("certified", {}).items():
+            lines.append(f"| {m['label']} | {name}-certified | " +
+                         " | ".join(f"{100 * a:.1f}" for a in c["accuracy"]) + " |")
     return "\n".join(lines)
+
+
+def _certified_curves(model, x, y, eps, curves) -> dict:
+    """The certified curves of --certify, each checked against every attack curve."""
+    from robustjax import bracket, sweeps
+
+    out = {}
+    for method in FLAGS.certify:
+        t0 = time.time()
+        c = sweeps.certified_curve(model.run.logits_fn, x, y, eps, method=method,
+                                   norm=FLAGS.norm)
+        for j, e in enumerate(eps):  # a certified example broken by an attack is a bug
+            bracket.check_bracket({method: c.correct[j]},
+                                  {a: curve.correct[j] for a, curve in curves.items()}, eps=e)
+        log.info("%s model, %s-certified: %s (%.0fs)", model.label, method,
+                 " ".join(f"{100 * a:.1f}" for a in c.accuracy), time.time() - t0)
+        out[method] = dict(eps=c.eps.tolist(), accuracy=c.accuracy.tolist(),
+                           correct=["".join("1" if v else "0" for v in row) for row in c.correct],
+                           seconds=time.time() - t0)
+    return out
 
 
 @one_line_errors
@@ -158,6 +194,7 @@ def main(argv):
                 eps=curve.eps.tolist(), accuracy=curve.accuracy.tolist(),
                 correct=["".join("1" if c else "0" for c in row) for row in curve.correct],
                 seconds=time.time() - t0)
+        entry["certified"] = _certified_curves(model, x, y, eps, curves)
         entry["clean_accuracy"] = next(iter(curves.values())).clean_accuracy
         entry["checks"] = sweeps.masking_checks(curves, train_eps=cfg.eps,
                                                 same_norm=FLAGS.norm == cfg.train_norm)

@@ -57,6 +57,8 @@ def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:
 def _label(run) -> str:
     if run.config.objective == "trades":
         return "adversarial (TRADES)"
+    if run.config.objective in ("ibp", "crown_ibp"):
+        return f"certified ({run.config.objective.replace('_', '-').upper()})"
     return {"none": "natural", "pgd": "adversarial (PGD)", "fgsm": "adversarial (FGSM)",
             "fgsm_rs": "adversarial (Fast AT)"}.get(run.config.train_attack,
                                                     run.config.train_attack)

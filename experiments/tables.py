@@ -33,7 +33,9 @@ flags.DEFINE_bool("save_adversarial", False, "Save each row's adversarial exampl
                   "OUTPUT_DIR/adversarial/rowNN.npy.")
 flags.DEFINE_enum("suite", "paper", ["paper", "autoattack", "all"],
                   "Rows: the paper's ('paper'), natural + the AutoAttack ensemble "
-                  "('autoattack'), or both ('all'); the worst case covers every row.")
+                  "('autoattack'), or both plus the IBP- and CROWN-IBP-certified accuracy "
+                  "('all': the lower side of the bracket, after the worst case, which covers "
+                  "every attack row; a certified example broken by any row is an error).")
 
 SUITES = ("paper", "autoattack", "all")
 flags.register_validator("examples", lambda v: v == -1 or v >= 1,
@@ -52,6 +54,26 @@ def suite_specs(paper_specs: list, which: str) -> list:
     if which == "autoattack":
         return [natural, autoattack]
     return paper_specs + [autoattack]
+
+
+CERTIFIED_TITLES = dict(ibp="IBP-certified", crown_ibp="CROWN-IBP-certified")
+
+
+def certified_rows(logits_fn, x, y, eps: float, worst_case_correct) -> list:
+    """Rows of the accuracy certified at ``eps`` (L-inf) by IBP and CROWN-IBP, bracket-checked."""
+    import numpy as np
+
+    from robustjax import bracket, certify
+
+    rows = []
+    for method, title in CERTIFIED_TITLES.items():
+        ok = np.asarray(certify.certified(logits_fn, x, y, eps=eps, method=method))
+        bracket.check_bracket({method: ok}, {"the worst case of the attack rows":
+                                             np.asarray(worst_case_correct)}, eps=eps)
+        rows.append(dict(name=title, attack="certified", method=method, norm="linf",
+                         eps=float(eps), steps=None, step_size=None, restarts=None, loss=None,
+                         source="-", accuracy=float(ok.mean()), bound="lower"))
+    return rows
 
 
 def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> dict:
@@ -96,6 +118,9 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
                           batch_size=FLAGS.batch_size, key=jax.random.PRNGKey(FLAGS.seed),
                           save_dir=os.path.join(out, "adversarial") if FLAGS.save_adversarial
                           else None, resume_dir=os.path.join(out, "rows"), progress=progress)
+    rows = list(res.rows)
+    if FLAGS.suite == "all":
+        rows += certified_rows(run_a.logits_fn, x, y, specs[0].eps, res.worst_case_correct)
     results = dict(
         dataset=cfg.dataset, split="test", n=int(n),
         model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.width,
@@ -107,10 +132,10 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
         eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, suite=FLAGS.suite,
                   seconds=time.time() - t0, devices=jax.device_count(),
                   processes=jax.process_count()),
-        rows=res.rows)
+        rows=rows)
     if not primary:
         return results
     suite.write_results(os.path.join(out, "results.json"), results)
-    print(suite.markdown_table(res.rows))
+    print(suite.markdown_table(rows))
     print(f"results: {os.path.join(out, 'results.json')} and results.md")
     return results

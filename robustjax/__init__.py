@@ -14,11 +14,18 @@ Modules:
   fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
   square   -- the gradient-free Square attack (Andriushchenko et al., 2020).
   autoattack -- the AutoAttack ensemble (standard, plus, rand, custom versions).
+  certify  -- sound IBP, CROWN-IBP and CROWN bounds of any logits_fn over an eps-ball; the
+              certified accuracy and the certified-training losses (Gowal et al. 2018,
+              Zhang et al. 2018 and 2020).
+  bound_graph -- a function's jaxpr as a flat graph of primitives, and their interval rules.
+  bracket  -- certified (lower) and attacked (upper) accuracy per example, and the check
+              that no certified example is broken.
   landscape -- PGD from many random starts: the loss landscape of Section 3 (Figures 1-2).
   sweeps   -- accuracy against eps with eps traced, and the gradient-masking checks.
   suite    -- attack suites: the paper's Tables 1 and 2 as data, with the
               per-example worst case over all rows (Section 5).
-  models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet (Flax Linen).
+  models   -- the paper's MNIST CNN family and CIFAR-10 wide ResNet, and Gowal et al.'s
+              verifiable-training CNNs (Flax Linen).
   layers   -- convolution and pooling whose input gradients are fast inside lax.fori_loop.
   data     -- the official raw dataset files, read with NumPy.
   augment  -- on-device pad-crop and flip augmentation (Section 4, CIFAR-10).
@@ -28,7 +35,8 @@ Modules:
   mesh     -- one "data" axis over every device of every process: batches placed per
               process, results gathered, per-example keys; jax.distributed start-up.
   state    -- model, optimizer and TrainState construction; model_logits_fn.
-  step     -- the adversarial batch, the objectives (Madry, TRADES), the jitted Danskin step.
+  step     -- the adversarial batch, the objectives (Madry, TRADES, IBP, CROWN-IBP), the
+              jitted training step.
   loop     -- train_and_evaluate: progress, preemption, divergence, end-of-run evaluation.
   train    -- the names of state, step, loop and workdir in one import.
   validation -- the held-out split, periodic robust validation, the best checkpoint
@@ -46,8 +54,8 @@ from robustjax import xla_defaults as _xla_defaults  # isort: skip
 _xla_defaults.apply()
 
 from robustjax import (  # noqa: E402
-    apgd, apgd_l1, attacks, augment, autoattack, config, data, evaluate, fab, fastpath, geometry,
-    l1,
+    apgd, apgd_l1, attacks, augment, autoattack, bound_graph, bracket, certify, config, data,
+    evaluate, fab, fastpath, geometry, l1,
     landscape, layers, loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades,
     train, validation, workdir, xla_defaults)
 from robustjax.attacks import fgsm, fgsm_rs, pgd  # noqa: E402
@@ -57,7 +65,7 @@ from robustjax.config import TrainConfig  # noqa: E402
 from robustjax.loop import train_and_evaluate  # noqa: E402
 from robustjax.workdir import load_model  # noqa: E402
 
-__all__ = ["apgd", "apgd_l1", "geometry", "l1", "attacks", "augment", "autoattack", "config",
+__all__ = ["apgd", "apgd_l1", "bound_graph", "bracket", "certify", "geometry", "l1", "attacks", "augment", "autoattack", "config",
            "data", "evaluate", "fab",
            "fastpath", "landscape", "layers", "loop", "mesh", "models", "rowstore", "square", "state",
            "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults",

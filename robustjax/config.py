@@ -20,13 +20,15 @@ import numpy as np
 
 from robustjax import data
 
-__all__ = ["TrainConfig", "TRAIN_ATTACKS", "TRAIN_NORMS", "OBJECTIVES", "OPTIMIZERS",
+__all__ = ["TrainConfig", "TRAIN_ATTACKS", "CERTIFIED_OBJECTIVES", "ARCHS", "TRAIN_NORMS", "OBJECTIVES", "OPTIMIZERS",
            "LR_SCHEDULES",
            "BN_ATTACK_MODES", "COMPUTE_DTYPES", "RESUMABLE_CHANGES", "field_help"]
 
 TRAIN_ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd")
 TRAIN_NORMS = ("linf", "l2", "l1")
-OBJECTIVES = ("madry", "trades")
+OBJECTIVES = ("madry", "trades", "ibp", "crown_ibp")
+CERTIFIED_OBJECTIVES = ("ibp", "crown_ibp")
+ARCHS = ("madry", "dm_small", "dm_medium", "dm_large")
 OPTIMIZERS = ("adam", "momentum")
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 BN_ATTACK_MODES = ("eval", "train", "madry")
@@ -55,6 +57,11 @@ class TrainConfig:
         "empty: TensorFlow Datasets.")
     width: int = _field(16, "Network width: MnistCNN(w) (16: Madry's network) or "
                         "CifarResNet(w) (10: WRN-34-10).", minimum=1)
+    arch: str = _field(
+        "madry", "Architecture: 'madry' (the paper's: MnistCNN(width) for digits, "
+        "CifarResNet(width) for CIFAR-10) or Gowal et al. 2018's verifiable-training CNNs "
+        "'dm_small', 'dm_medium', 'dm_large' (strided convolutions, no pooling; width unused).",
+        choices=ARCHS)
     train_attack: str = _field(
         "pgd", "Adversary used for training: 'pgd' (the paper), 'fgsm', 'fgsm_rs' (Fast AT, "
         "Wong et al. 2020: FGSM of step 1.25 eps from a uniform random start) or 'none' "
@@ -62,8 +69,22 @@ class TrainConfig:
     objective: str = _field(
         "madry", "Training loss: 'madry' (cross-entropy at the adversarial point, the paper's "
         "Eq. 2.1) or 'trades' (Zhang et al. 2019: clean cross-entropy + trades_beta * "
-        "KL(p(x) || p(x')), x' from PGD on the KL; needs train_attack 'pgd').",
+        "KL(p(x) || p(x')), x' from PGD on the KL; needs train_attack 'pgd'), or certified "
+        "training (L-inf, no batch norm; train_attack unused): 'ibp' (Gowal et al. 2018: "
+        "kappa * CE(clean) + (1 - kappa) * CE(worst-case logits from interval bounds)) or "
+        "'crown_ibp' (Zhang et al. 2020: the worst case from beta * CROWN-IBP + (1 - beta) * "
+        "IBP margin bounds). kappa and beta ramp with eps; adv_acc in the progress lines is "
+        "then the batch's certified accuracy.",
         choices=OBJECTIVES)
+    kappa_start: float = _field(1.0, "Certified objectives: weight kappa of the clean loss at "
+                                "the start of the eps ramp (Gowal et al.: 1).", minimum=0.0)
+    kappa_end: float = _field(0.5, "Certified objectives: kappa after the ramp (Gowal et al.: "
+                              "0.5; CROWN-IBP: 0 to 0.5).", minimum=0.0)
+    crown_beta_start: float = _field(1.0, "crown_ibp: beta (weight of the CROWN-IBP bound) at "
+                                     "the start of the eps ramp (Zhang et al.: 1).",
+                                     minimum=0.0)
+    crown_beta_end: float = _field(0.0, "crown_ibp: beta after the ramp (Zhang et al.: 0).",
+                                   minimum=0.0)
     trades_beta: float = _field(6.0, "TRADES: weight beta of the KL term (the paper: 6).",
                                 minimum=0.0)
     eps: float = _field(0.3, "Radius of the train_norm ball, for training and evaluation.",
@@ -76,6 +97,12 @@ class TrainConfig:
         choices=TRAIN_NORMS)
     attack_steps: int = _field(40, "PGD steps during training.", minimum=1)
     attack_step_size: float = _field(0.01, "PGD step size during training.", minimum=0.0)
+    train_eps: float = _field(
+        -1.0, "Training radius if different from eps (-1: eps). Certified training trains at a "
+        "larger radius than it certifies (Gowal et al.: 0.4 for 0.3 on MNIST).")
+    eps_ramp_start: int = _field(
+        0, "Steps at eps 0 (natural training) before the eps ramp starts (Gowal et al.'s "
+        "warm-up).", minimum=0)
     eps_ramp_steps: int = _field(
         0, "Ramp the training eps linearly from 0 over this many steps (0: off, the paper's "
         "recipe; small models on little data can stall at chance without it).", minimum=0)
@@ -193,6 +220,25 @@ class TrainConfig:
                 self.eval_every < 0):
             raise ValueError(f"eval_every must be an integer >= 0 (0: off), "
                              f"got {self.eval_every!r}")
+        for name in ("kappa_start", "kappa_end", "crown_beta_start", "crown_beta_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+        if not isinstance(self.train_eps, (int, float)) or not np.isfinite(self.train_eps) or (
+                self.train_eps < 0 and self.train_eps != -1):
+            raise ValueError(f"train_eps must be a finite number >= 0, or -1 (eps), "
+                             f"got {self.train_eps!r}")
+        if isinstance(self.eps_ramp_start, bool) or not isinstance(self.eps_ramp_start, int) or (
+                self.eps_ramp_start < 0):
+            raise ValueError(f"eps_ramp_start must be an integer >= 0, "
+                             f"got {self.eps_ramp_start!r}")
+        if self.objective in CERTIFIED_OBJECTIVES and self.train_norm != "linf":
+            raise ValueError(f"objective {self.objective!r} certifies the L-inf ball only; "
+                             f"got train_norm {self.train_norm!r}")
+        if self.objective in CERTIFIED_OBJECTIVES and self.dataset == "cifar10" and (
+                self.arch == "madry"):
+            raise ValueError(f"objective {self.objective!r} needs a network without batch "
+                             f"norm: set arch to 'dm_small', 'dm_medium' or 'dm_large'")
         if self.eps_ramp_steps < 0:
             raise ValueError(f"eps_ramp_steps must be >= 0, got {self.eps_ramp_steps}")
         if self.eval_examples == 0 or self.eval_examples < -1:

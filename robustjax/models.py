@@ -23,7 +23,7 @@ from jax import lax
 
 from robustjax import layers
 
-__all__ = ["MnistCNN", "CifarResNet", "max_pool_2x2", "per_image_standardization",
+__all__ = ["MnistCNN", "CifarResNet", "DMCNN", "DM_ARCHS", "max_pool_2x2", "per_image_standardization",
            "param_count"]
 
 
@@ -204,3 +204,43 @@ class CifarResNet(nn.Module):
         x = jnp.mean(_leaky_relu(x), axis=(1, 2))
         dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
         return nn.Dense(self.num_classes, kernel_init=dense_init, name="logit")(x)
+
+
+# Gowal et al. 2018 ("On the Effectiveness of Interval Bound Propagation...", Table 1): the
+# small, medium and large networks of IBP and CROWN-IBP. Each conv: (filters, kernel,
+# stride, padding); then the hidden dense layers.
+DM_ARCHS = {
+    "dm_small": (((16, 4, 2, "VALID"), (32, 4, 1, "VALID")), (100,)),
+    "dm_medium": (((32, 3, 1, "VALID"), (32, 4, 2, "VALID"), (64, 3, 1, "VALID"),
+                   (64, 4, 2, "VALID")), (512, 512)),
+    "dm_large": (((64, 3, 1, "SAME"), (64, 3, 1, "SAME"), (128, 3, 2, "SAME"),
+                  (128, 3, 1, "SAME"), (128, 3, 1, "SAME")), (512,)),
+}
+
+
+class DMCNN(nn.Module):
+    """The verifiable-training CNNs of Gowal et al. 2018 (DM-small / medium / large).
+
+    Strided convolutions and ReLU, no pooling and no batch norm: the
+    architectures IBP and CROWN-IBP (Zhang et al. 2020) certify best, since
+    every layer has a tight interval rule and a linear relaxation. Inputs in
+    [0, 1]; no normalisation.
+    """
+
+    arch: str = "dm_small"
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        del train
+        if self.arch not in DM_ARCHS:
+            raise ValueError(f"arch must be one of {tuple(DM_ARCHS)}, got {self.arch!r}")
+        if x.ndim != 4:
+            raise ValueError(f"x must be NHWC with rank 4, got shape {x.shape}")
+        convs, dense = DM_ARCHS[self.arch]
+        for i, (f, k, s, pad) in enumerate(convs):
+            x = nn.relu(nn.Conv(f, (k, k), strides=s, padding=pad, name=f"conv{i + 1}")(x))
+        x = x.reshape(x.shape[0], -1)
+        for i, units in enumerate(dense):
+            x = nn.relu(nn.Dense(units, name=f"fc{i + 1}")(x))
+        return nn.Dense(self.num_classes, name="logits")(x)

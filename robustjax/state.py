@@ -75,7 +75,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def build_model(config: TrainConfig):
-    """The network for ``config``: MnistCNN(width) for digits, CifarResNet(width) for CIFAR-10."""
+    """The network for ``config``: MnistCNN(width) for digits, CifarResNet(width) for CIFAR-10,
+    or the ``arch`` of Gowal et al. 2018 (``dm_small`` / ``dm_medium`` / ``dm_large``)."""
+    if config.arch != "madry":
+        return models.DMCNN(arch=config.arch)
     if config.dataset == "cifar10":
         return models.CifarResNet(width=config.width)
     return models.MnistCNN(width=config.width)

@@ -27,19 +27,28 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax import attacks, augment, trades
-from robustjax.config import TrainConfig
+from robustjax import attacks, augment, certify, trades
+from robustjax.config import CERTIFIED_OBJECTIVES, TrainConfig
 from robustjax.mesh import data_sharding
 from robustjax.state import TrainState, compute_params, model_logits_fn
 
-__all__ = ["eps_at", "batch_indices", "adversarial_batch", "make_train_step", "stacked"]
+__all__ = ["eps_at", "ramp_at", "batch_indices", "adversarial_batch", "make_train_step", "stacked"]
+
+
+def ramp_at(config: TrainConfig, step):
+    """Progress of the eps ramp at ``step``, in [0, 1]: 0 before ``eps_ramp_start``, then
+    linear over ``eps_ramp_steps`` (Gowal et al. 2018's warm-up and ramp)."""
+    if config.eps_ramp_steps == 0:
+        return jnp.where(step >= config.eps_ramp_start, 1.0, 0.0)
+    return jnp.clip((step - config.eps_ramp_start) / config.eps_ramp_steps, 0.0, 1.0)
 
 
 def eps_at(config: TrainConfig, step):
-    """The training eps at ``step``: ramped linearly from 0 over ``eps_ramp_steps``."""
-    if config.eps_ramp_steps == 0:
-        return config.eps
-    return config.eps * jnp.minimum(1.0, step / config.eps_ramp_steps)
+    """The training eps at ``step``: ``train_eps`` (or eps) times the ramp's progress."""
+    eps = config.eps if config.train_eps < 0 else config.train_eps
+    if config.eps_ramp_steps == 0 and config.eps_ramp_start == 0:
+        return eps
+    return eps * ramp_at(config, step)
 
 
 def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
@@ -79,7 +88,9 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
     if config.bn_attack_mode == "madry" and state.batch_stats:
         x_adv, stats = _pgd_updating_statistics(config, model, state, x, y, key, eps)
         return x, jax.lax.stop_gradient(x_adv), y, eps, stats
-    if config.objective == "trades":
+    if config.objective in CERTIFIED_OBJECTIVES:
+        x_adv = x   # certified training bounds the whole ball: no attack
+    elif config.objective == "trades":
         x_adv = trades.trades_attack(logits_fn, x, y, key, eps=eps,
                                      step_size=config.attack_step_size,
                                      num_steps=config.attack_steps, norm=config.train_norm)
@@ -143,6 +154,7 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
     """
     config.validate()
     dtype = jnp.dtype(config.compute_dtype)
+    certified = config.objective in CERTIFIED_OBJECTIVES
 
     def forward(params, stats, z):
         """Train-mode logits (float32) and the batch-norm statistics after this pass."""
@@ -158,6 +170,22 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
         x, x_adv, y, eps, stats = adversarial_batch(config, model, state, images, labels, mesh)
 
         def loss_fn(params):
+            if certified:
+                if stats:
+                    raise ValueError(f"objective {config.objective!r} needs a network without "
+                                     f"batch norm (its bounds use inference mode)")
+                frac = ramp_at(config, state.step)
+                kappa = config.kappa_start + (config.kappa_end - config.kappa_start) * frac
+                beta = config.crown_beta_start + (
+                    config.crown_beta_end - config.crown_beta_start) * frac
+                fn = model_logits_fn(config, model, params, stats)
+                loss, clean, lower = certify.certified_loss(
+                    fn, x, y, eps=eps, kappa=kappa, method=config.objective,
+                    beta=beta if config.objective == "crown_ibp" else None)
+                # "adv_acc" of a certified run: the batch's certified accuracy.
+                k = clean.shape[-1]
+                cert = jnp.all((lower > 0) | jax.nn.one_hot(y, k, dtype=bool), axis=1)
+                return loss, (jax.nn.one_hot(jnp.where(cert, y, (y + 1) % k), k), stats)
             if config.objective == "trades":
                 clean_logits, stats_clean = forward(params, stats, x)
                 logits, new_stats = forward(params, stats_clean, x_adv)

@@ -30,7 +30,7 @@ from robustjax import mesh as _mesh
 from robustjax import square as _square
 
 __all__ = ["SWEEP_ATTACKS", "GRADIENT_FREE", "sweep_attack", "EpsCurve", "accuracy_curve",
-           "masking_checks"]
+           "certified_curve", "masking_checks"]
 
 SWEEP_ATTACKS = ("fgsm", "pgd", "apgd", "apgd_t", "square")
 """Attacks :func:`sweep_attack` builds; "square" is the gradient-free one."""
@@ -142,6 +142,43 @@ def accuracy_curve(logits_fn: _a.LogitsFn, x, y, key: jax.Array, attack: EpsAtta
             progress(eps, float(correct[j].mean()))
     return EpsCurve(eps=np.asarray(eps_values), accuracy=correct.mean(axis=1), correct=correct,
                     clean_accuracy=float(clean.mean()))
+
+
+def certified_curve(logits_fn: _a.LogitsFn, x, y, eps_values: Sequence[float], *,
+                    method: str = "ibp", norm: str = "linf", batch_size: int = 256,
+                    bounds=(0.0, 1.0)) -> EpsCurve:
+    """Certified accuracy at each eps (:mod:`robustjax.certify`): the lower side of the bracket.
+
+    One compilation for the whole sweep (eps is traced). ``correct[j, i]``: example
+    i is certified at eps j (which implies it is classified correctly).
+    """
+    from robustjax import certify
+
+    certify._check(0.0, norm, method)
+    _a._check_int("batch_size", batch_size, 1)
+    eps_values = [float(e) for e in eps_values]
+    for e in eps_values:
+        _a._check_scalar("eps_values", e)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+    k = evaluate.num_classes(logits_fn, x.shape[1:])
+    fn = certify.make_bound_fn(logits_fn, method=method, norm=norm, bounds=bounds)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    correct = np.zeros((len(eps_values), n), bool)
+    for start in range(0, n, bs):
+        xb = evaluate.pad_batch(x[start:start + bs], bs)
+        yb = evaluate.pad_batch(y[start:start + bs], bs)
+        spec = certify.margin_spec(yb, k)
+        own = np.eye(k, dtype=bool)[yb]
+        for j, eps in enumerate(eps_values):
+            lo, _ = fn(xb, np.float32(eps), spec)
+            ok = np.all((np.asarray(lo) > 0) | own, axis=1)
+            correct[j, start:start + bs] = ok[:min(bs, n - start)]
+    acc = correct.mean(axis=1)
+    zero = [j for j, e in enumerate(eps_values) if e == 0]
+    return EpsCurve(eps=np.asarray(eps_values), accuracy=acc, correct=correct,
+                    clean_accuracy=float(acc[zero[0]]) if zero else float("nan"))
 
 
 def masking_checks(curves: dict[str, EpsCurve], *, train_eps: Optional[float] = None,

@@ -139,6 +139,27 @@ def tiny_runs(idx_dir, tmp_path_factory):
     return runs
 
 
+def test_certify_entry_point(tiny_runs, tmp_path):
+    wd = tiny_runs["pgd"]
+    p = _run("experiments.certify", f"--workdir={wd}", "--examples=12", "--eps=0,0.01",
+             "--num_steps=3", "--num_queries=10", "--batch_size=12", "--crown_batch_size=12",
+             f"--output_dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.load(open(tmp_path / "certify.json"))
+    assert [e["eps"] for e in res["eps"]] == [0.0, 0.01] and res["n_examples"] == 12
+    at0, at1 = res["eps"]
+    # At eps 0 every correctly classified example is certified (and none other).
+    for m in ("ibp", "crown_ibp", "crown"):
+        assert at0["per_example"][m] == at0["per_example"]["clean"], m
+        assert at1["certified_acc"][m] <= at1["attacked_acc"]["autoattack"]
+    assert at1["lower"] <= at1["upper"] <= at1["clean_acc"]
+    md = open(tmp_path / "certify.md").read()
+    assert "CROWN-certified" in md and "bracket" in md
+    for bad, what in (("--eps=-1", "--eps"), ("--methods=lp", "--methods")):
+        p = _run("experiments.certify", f"--workdir={wd}", bad)
+        assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 def test_autoattack_entry_point(tiny_runs, tmp_path):
     wd = tiny_runs["pgd"]
     p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=30", "--num_steps=3",
@@ -216,9 +237,17 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
         checks = {(c["check"], c["attack"]): c["passed"] for c in m["checks"]}
         assert checks[("eps0_equals_clean", "pgd")] and checks[("eps0_equals_clean", "square")]
         assert not any(k[0] == "gradient_free_not_stronger" for k in checks)  # L2 sweep
+        # The certified curves (default IBP and CROWN-IBP) lie under every attack curve.
+        assert set(m["certified"]) == {"ibp", "crown_ibp"}
+        for c in m["certified"].values():
+            assert c["accuracy"][0] == m["clean_accuracy"]    # eps 0: certified = correct
+            for a in m["curves"].values():
+                assert all(l <= u for l, u in zip(c["accuracy"], a["accuracy"]))
     assert os.path.getsize(tmp_path / "eps_sweep_l2.png") > 5_000
     assert "| square |" in open(tmp_path / "eps_sweep_l2.md").read()
-    for bad, what in (("--attacks=cw", "--attacks"), ("--eps=0,x", "--eps")):
+    assert "| ibp-certified |" in open(tmp_path / "eps_sweep_l2.md").read()
+    for bad, what in (("--attacks=cw", "--attacks"), ("--eps=0,x", "--eps"),
+                      ("--certify=lp", "--certify")):
         p = _run("experiments.eps_sweep", f"--workdir={tiny_runs['pgd']}", bad)
         assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
 
