@@ -235,6 +235,9 @@ class TrainConfig:
         if self.objective in CERTIFIED_OBJECTIVES and self.train_norm != "linf":
             raise ValueError(f"objective {self.objective!r} certifies the L-inf ball only; "
                              f"got train_norm {self.train_norm!r}")
+        if self.objective in CERTIFIED_OBJECTIVES and self.compute_dtype != "float32":
+            raise ValueError(f"objective {self.objective!r} bounds the network in float32: "
+                             f"compute_dtype must be 'float32', got {self.compute_dtype!r}")
         if self.objective in CERTIFIED_OBJECTIVES and self.dataset == "cifar10" and (
                 self.arch == "madry"):
             raise ValueError(f"objective {self.objective!r} needs a network without batch "

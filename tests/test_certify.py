@@ -225,6 +225,8 @@ def test_config_refuses_certified_training_outside_linf():
         train.TrainConfig(objective="ibp", train_norm="l2").validate()
     with pytest.raises(ValueError, match="kappa_end must be a number in"):
         train.TrainConfig(objective="ibp", kappa_end=1.5).validate()
+    with pytest.raises(ValueError, match="compute_dtype must be 'float32'"):
+        train.TrainConfig(objective="crown_ibp", compute_dtype="bfloat16").validate()
     with pytest.raises(ValueError, match="without batch norm"):
         train.TrainConfig(objective="ibp", dataset="cifar10").validate()
 
