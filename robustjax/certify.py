@@ -45,13 +45,15 @@ import optax
 from robustjax.bound_graph import AFFINE, Box, UnsupportedPrimitiveError, ibp_node, is_box, trace
 
 __all__ = ["METHODS", "NORMS", "bounds", "certified", "make_bound_fn", "margin_spec",
-           "margin_lower_bounds", "certified_margins", "certified_loss", "UnsupportedPrimitiveError"]
+           "margin_lower_bounds", "certified_margins", "certified_loss", "check_settings",
+           "UnsupportedPrimitiveError"]
 
 METHODS = ("ibp", "crown_ibp", "crown")
 NORMS = ("linf", "l2", "l1")
 
 
-def _check(eps, norm, method):
+def check_settings(eps, norm, method) -> None:
+    """Raises ValueError naming a bad eps (negative, not finite), norm or method."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if method not in METHODS:
@@ -272,7 +274,7 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
     ``eps`` is a scalar or one radius per example; ``spec`` is [B, S, K]. Build
     it once and call it on many batches: it compiles once per batch shape.
     """
-    _check(0.0, norm, method)
+    check_settings(0.0, norm, method)
     box = (float(bounds[0]), float(bounds[1]))
 
     def fn(x, eps, spec, beta=None):
@@ -284,7 +286,7 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
 
 
 def _bounds(logits_fn, x, eps, norm, method, box, spec, batch_size, crown_max_neurons):
-    _check(eps, norm, method)
+    check_settings(eps, norm, method)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = jnp.asarray(x, jnp.float32)

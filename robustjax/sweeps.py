@@ -25,7 +25,7 @@ import numpy as np
 
 from robustjax import apgd as _apgd
 from robustjax import attacks as _a
-from robustjax import evaluate
+from robustjax import certify, evaluate
 from robustjax import mesh as _mesh
 from robustjax import square as _square
 
@@ -152,9 +152,7 @@ def certified_curve(logits_fn: _a.LogitsFn, x, y, eps_values: Sequence[float], *
     One compilation for the whole sweep (eps is traced). ``correct[j, i]``: example
     i is certified at eps j (which implies it is classified correctly).
     """
-    from robustjax import certify
-
-    certify._check(0.0, norm, method)
+    certify.check_settings(0.0, norm, method)
     _a._check_int("batch_size", batch_size, 1)
     eps_values = [float(e) for e in eps_values]
     for e in eps_values:
