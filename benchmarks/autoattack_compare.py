@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 
 from absl import app, flags
 
+from benchmarks.aa_report import Capture, bits, report
 from benchmarks.torch_port import configure_xla, torch_mnist_cnn
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir of an MnistCNN model.")
@@ -54,24 +54,7 @@ _NUM_QUERIES = flags.DEFINE_integer("num_queries", 5000, "Square's queries, both
 _SKIP = flags.DEFINE_list("skip", [], "Implementations to skip: robustjax, pyautoattack.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
 
-_NAMES = {"APGD-CE": "apgd-ce", "APGD-T": "apgd-t", "FAB-T": "fab-t", "SQUARE": "square",
-          "APGD-DLR": "apgd-dlr", "FAB": "fab"}
 
-
-class _Capture(logging.Handler):
-    """Collects pyautoattack's 'robust accuracy after X: Y% (total time Z s)' lines."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.after, self.total = {}, {}
-
-    def emit(self, record):
-        m = re.match(r"robust accuracy after ([A-Z\-]+): ([\d.]+)% \(total time ([\d.]+) s\)",
-                     record.getMessage())
-        if m:
-            name = _NAMES.get(m.group(1), m.group(1).lower())
-            self.after[name] = float(m.group(2)) / 100
-            self.total[name] = float(m.group(3))
 
 
 def main(argv):
@@ -142,10 +125,10 @@ def main(argv):
                                     num_queries=_NUM_QUERIES.value)
         out["robustjax"] = dict(seconds=time.time() - t0, clean=res.clean_accuracy,
                                 robust=res.robust_accuracy, after=res.accuracy_after,
-                                attack_seconds=res.seconds, correct=_bits(res.correct))
+                                attack_seconds=res.seconds, correct=bits(res.correct))
 
     if "pyautoattack" not in skip:
-        cap = _Capture()
+        cap = Capture()
         aa_log = logging.getLogger("auto-attack")
         aa_log.setLevel(logging.DEBUG)
         aa_log.addHandler(cap)
@@ -180,59 +163,12 @@ def main(argv):
             attack_seconds[k], prev = v - prev, v
         out["pyautoattack"] = dict(seconds=seconds, clean=float(checks["clean_ok"].mean()),
                                    robust=float(correct.mean()), after=cap.after,
-                                   attack_seconds=attack_seconds, correct=_bits(correct))
+                                   attack_seconds=attack_seconds, correct=bits(correct))
 
-    _report(out)
+    report(out)
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
             json.dump(out, f, indent=1)
-
-
-def _bits(correct) -> str:
-    """Per-example robustness as a string of 0/1 (example i at position i)."""
-    return "".join("1" if c else "0" for c in correct)
-
-
-def _report(out):
-    import numpy as np
-
-    rj, pa = out.get("robustjax"), out.get("pyautoattack")
-    names = list((rj or pa)["after"])
-    print("\n| attack | robustjax acc. | pyautoattack acc. | robustjax s | pyautoattack s "
-          "| speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
-
-    def cell(d, k, fmt):
-        return fmt.format(d[k]) if d is not None and k is not None else "-"
-
-    for name in ["clean"] + names + ["total"]:
-        if name == "clean":
-            accs = [cell(d, "clean", "{:.2%}") for d in (rj, pa)]
-            secs = ["", ""]
-        elif name == "total":
-            accs = [cell(d, "robust", "{:.2%}") for d in (rj, pa)]
-            secs = [cell(d, "seconds", "{:.1f}") for d in (rj, pa)]
-        else:
-            accs = [("{:.2%}".format(d["after"][name]) if d and name in d["after"] else "-")
-                    for d in (rj, pa)]
-            secs = [("{:.1f}".format(d["attack_seconds"][name])
-                     if d and name in d["attack_seconds"] else "-") for d in (rj, pa)]
-        ratio = "-"
-        if rj and pa:
-            a = rj["seconds"] if name == "total" else rj["attack_seconds"].get(name)
-            b = pa["seconds"] if name == "total" else pa["attack_seconds"].get(name)
-            if a and b:
-                ratio = f"{b / a:.2f}x"
-        print(f"| {name} | {accs[0]} | {accs[1]} | {secs[0]} | {secs[1]} | "
-              f"{ratio if name != 'clean' else ''} |")
-    if rj and pa:
-        a, b = (np.frombuffer(d["correct"].encode(), np.uint8) == ord("1") for d in (rj, pa))
-        out["disagreement"] = dict(robust_only_in_robustjax=int(np.sum(a & ~b)),
-                                   robust_only_in_pyautoattack=int(np.sum(~a & b)))
-        print(f"\nper-example disagreement: {int(np.sum(a & ~b))} examples robust under "
-              f"robustjax's AutoAttack but broken by pyautoattack's, {int(np.sum(~a & b))} "
-              f"the other way round (of {len(a)}); difference "
-              f"{100 * (rj['robust'] - pa['robust']):+.2f} points (robustjax - pyautoattack)")
 
 
 if __name__ == "__main__":

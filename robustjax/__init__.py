@@ -44,6 +44,8 @@ Modules:
   rowstore -- finished rows of an evaluation on disk, so tables resume.
   fastpath -- any model's convolutions and max-pools rewritten for fast input gradients
               (applied by the attacks on the CPU; ROBUSTJAX_FAST_GRAD=0 turns it off).
+  zoo      -- published robust models in Flax (RobustBench's and DeepMind's WideResNets, the
+              CIFAR ResNets), PyTorch and Haiku checkpoint converters, the model registry.
   xla_defaults -- XLA flags robustjax adds when imported before JAX starts a backend
               (ROBUSTJAX_XLA_DEFAULTS=0 turns them off; the user's XLA_FLAGS win).
 """
@@ -57,7 +59,7 @@ from robustjax import (  # noqa: E402
     apgd, apgd_l1, attacks, augment, autoattack, bound_graph, bracket, certify, config, data,
     evaluate, fab, fastpath, geometry, l1,
     landscape, layers, loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades,
-    train, validation, workdir, xla_defaults)
+    train, validation, workdir, xla_defaults, zoo)
 from robustjax.attacks import fgsm, fgsm_rs, pgd  # noqa: E402
 from robustjax.evaluate import RobustAccuracy, robust_accuracy  # noqa: E402
 from robustjax.models import CifarResNet, MnistCNN  # noqa: E402
@@ -68,7 +70,7 @@ from robustjax.workdir import load_model  # noqa: E402
 __all__ = ["apgd", "apgd_l1", "bound_graph", "bracket", "certify", "geometry", "l1", "attacks", "augment", "autoattack", "config",
            "data", "evaluate", "fab",
            "fastpath", "landscape", "layers", "loop", "mesh", "models", "rowstore", "square", "state",
-           "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults",
+           "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults", "zoo",
            "fgsm", "fgsm_rs", "pgd", "robust_accuracy", "RobustAccuracy", "MnistCNN", "CifarResNet",
            "TrainConfig", "load_model", "train_and_evaluate"]
 __version__ = "0.1.0"

@@ -6,6 +6,9 @@ so a machine without TensorFlow (a GPU box, CI) can train from files on disk:
 * MNIST / Fashion-MNIST: the IDX files under their official names (``.gz`` or not);
 * CIFAR-10: ``cifar-10-python.tar.gz`` or ``cifar-10-binary.tar.gz``, or the
   extracted ``cifar-10-batches-py`` / ``cifar-10-batches-bin`` folders.
+* CIFAR-100 (evaluation of published models): ``cifar-100-python.tar.gz`` or
+  ``cifar-100-binary.tar.gz``, or the extracted ``cifar-100-python`` /
+  ``cifar-100-binary`` folders; the 100 fine labels.
 
 Without ``data_dir`` it uses TensorFlow Datasets (the ``tfds`` extra) and only
 reads what TFDS has already prepared: an offline download would retry for
@@ -25,7 +28,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["DataError", "read_idx", "load", "IDX_FILES", "DATASETS", "SPLITS"]
+__all__ = ["DataError", "read_idx", "load", "IDX_FILES", "DATASETS", "ALL_DATASETS", "SPLITS",
+           "NUM_CLASSES"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,7 +43,9 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")  # the ones training runs on
+ALL_DATASETS = DATASETS + ("cifar100",)  # load() reads these
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 IDX_DATASETS = ("mnist", "fashion_mnist")
 SPLITS = tuple(IDX_FILES)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
@@ -101,22 +107,22 @@ def _load_idx(name, split, data_dir):
     return images[..., None], labels.astype(np.int32)
 
 
-def _check_labels(labels, where):
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{where}: labels must be in [0, 9], got [{labels.min()}, "
-                        f"{labels.max()}]")
+def _check_labels(labels, where, num_classes=10):
+    if labels.size and (labels.min() < 0 or labels.max() > num_classes - 1):
+        raise DataError(f"{where}: labels must be in [0, {num_classes - 1}], got "
+                        f"[{labels.min()}, {labels.max()}]")
 
 
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 CIFAR_ARCHIVES = ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz")
 
 
-def _cifar_python_batch(raw: bytes, where: str):
+def _cifar_python_batch(raw: bytes, where: str, label_key=b"labels", name="CIFAR-10"):
     try:
         d = pickle.load(io.BytesIO(raw), encoding="bytes")
-        x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+        x, y = np.asarray(d[b"data"]), np.asarray(d[label_key])
     except Exception as e:  # corrupt pickle or missing keys
-        raise DataError(f"{where}: not a CIFAR-10 python batch ({e})") from e
+        raise DataError(f"{where}: not a {name} python batch ({e})") from e
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (x.shape[0],):
         raise DataError(f"{where}: expected uint8 data [N, 3072] and N labels, got "
                         f"{x.dtype} {x.shape} and {y.shape}")
@@ -182,6 +188,62 @@ def _load_cifar10(split, data_dir):
     return np.ascontiguousarray(x), np.concatenate(ys).astype(np.int32)
 
 
+CIFAR100_ARCHIVES = ("cifar-100-python.tar.gz", "cifar-100-binary.tar.gz")
+
+
+def _load_cifar100(split, data_dir):
+    """CIFAR-100 (fine labels) from the official python/binary archives or their folders.
+
+    The python files ``cifar-100-python/{train,test}`` hold ``data`` and ``fine_labels``;
+    the binary ``cifar-100-binary/{train,test}.bin`` records are 1 coarse label byte,
+    1 fine label byte and 3072 pixels.
+    """
+    found = None
+    for folder, kind, sfx in (("cifar-100-python", "py", ""), ("cifar-100-binary", "bin", ".bin")):
+        p = os.path.join(data_dir, folder, split + sfx)
+        if os.path.isdir(os.path.join(data_dir, folder)):
+            if not os.path.isfile(p):
+                raise DataError(f"{p}: file not found (CIFAR-100 {split} split)")
+            with open(p, "rb") as f:
+                found = (kind, f.read(), p)
+            break
+    else:
+        for archive, kind in zip(CIFAR100_ARCHIVES, ("py", "bin")):
+            path = os.path.join(data_dir, archive)
+            if not os.path.isfile(path):
+                continue
+            name = f"cifar-100-python/{split}" if kind == "py" else f"cifar-100-binary/{split}.bin"
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    try:
+                        f = tar.extractfile(name)
+                    except KeyError:
+                        f = None
+                    if f is None:
+                        raise DataError(f"{path}: has no member {name}")
+                    found = (kind, f.read(), f"{path}:{name}")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read ({e}); truncated download?") from e
+            break
+        else:
+            raise DataError(f"no CIFAR-100 files in {data_dir}: expected one of "
+                            f"{list(CIFAR100_ARCHIVES)} or the extracted cifar-100-python/ "
+                            "or cifar-100-binary/ folder (from "
+                            "https://www.cs.toronto.edu/~kriz/cifar.html)")
+    kind, raw, where = found
+    if kind == "py":
+        x, y = _cifar_python_batch(raw, where, b"fine_labels", "CIFAR-100")
+    else:
+        if len(raw) == 0 or len(raw) % 3074:
+            raise DataError(f"{where}: {len(raw)} bytes is not a whole number of 3074-byte "
+                            "records (coarse and fine label bytes + 3072 pixels); truncated?")
+        rec = np.frombuffer(raw, np.uint8).reshape(-1, 3074)
+        x, y = rec[:, 2:], rec[:, 1]
+    _check_labels(y, where, 100)
+    x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), y.astype(np.int32)
+
+
 def _load_tfds(name, split, *, download):
     try:
         import tensorflow as tf
@@ -197,7 +259,7 @@ def _load_tfds(name, split, *, download):
                        batch_size=10_000)
     except Exception as e:
         files = (sorted(sum(IDX_FILES.values(), ())) if name in IDX_DATASETS
-                 else list(CIFAR_ARCHIVES[:1]))
+                 else list(CIFAR100_ARCHIVES[:1] if name == "cifar100" else CIFAR_ARCHIVES[:1]))
         raise DataError(
             f"TFDS has no prepared copy of {name!r} ({type(e).__name__}: {str(e)[:200]}). "
             f"Offline, download the official files {files} on a machine with internet and "
@@ -210,14 +272,14 @@ def _load_tfds(name, split, *, download):
 
 def load(name: str, split: str, data_dir: Optional[PathLike] = None, *,
          download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Loads ``name`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``) ``split`` (paper Section 4 data).
+    """Loads ``name`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``) ``split``.
 
     With ``data_dir``: the official raw files in it, read with NumPy. Without:
     TensorFlow Datasets' prepared copy (``download=True`` lets TFDS fetch it,
     which needs internet). Returns ``(images uint8 [N, H, W, C], labels int32 [N])``.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    if name not in ALL_DATASETS:
+        raise ValueError(f"name must be one of {ALL_DATASETS}, got {name!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if data_dir is None:
@@ -227,4 +289,6 @@ def load(name: str, split: str, data_dir: Optional[PathLike] = None, *,
         raise DataError(f"data_dir {data_dir!r} is not a directory")
     if name == "cifar10":
         return _load_cifar10(split, data_dir)
+    if name == "cifar100":
+        return _load_cifar100(split, data_dir)
     return _load_idx(name, split, data_dir)

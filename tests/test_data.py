@@ -187,3 +187,60 @@ def test_tfds_fails_fast_offline(monkeypatch, tmp_path):
     with pytest.raises(data.DataError, match="data_dir"):
         data.load("mnist", "train")
     assert time.time() - t0 < 60  # not the ~200 s of an offline download
+
+
+def _write_cifar100(tmp_path, layout, n_test=5, fine_max=99):
+    """CIFAR-100 in the official layouts: python pickles {data, fine_labels, coarse_labels}
+    or binary records (coarse byte, fine byte, 3072 pixels)."""
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(100)
+    x = rng.integers(0, 256, (n_test, 32, 32, 3)).astype(np.uint8)
+    fine = rng.integers(0, 100, n_test)
+    fine[0] = fine_max
+    coarse = fine // 5
+    flat = x.transpose(0, 3, 1, 2).reshape(n_test, -1)
+    if layout.startswith("python"):
+        folder = tmp_path / "cifar-100-python"
+        folder.mkdir()
+        for split in ("train", "test"):
+            with open(folder / split, "wb") as f:
+                pickle.dump({b"data": flat, b"fine_labels": [int(v) for v in fine],
+                             b"coarse_labels": [int(v) for v in coarse]}, f)
+    else:
+        folder = tmp_path / "cifar-100-binary"
+        folder.mkdir()
+        rec = np.concatenate([coarse[:, None], fine[:, None], flat], 1).astype(np.uint8)
+        for split in ("train", "test"):
+            (folder / f"{split}.bin").write_bytes(rec.tobytes())
+    if layout.endswith("tar"):
+        archive = "cifar-100-python.tar.gz" if layout.startswith("python") else \
+            "cifar-100-binary.tar.gz"
+        with tarfile.open(tmp_path / archive, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name)
+        import shutil
+
+        shutil.rmtree(folder)
+    return x, fine
+
+
+@pytest.mark.parametrize("layout", ["python_tar", "python_dir", "binary_tar"])
+def test_cifar100_readers(tmp_path, layout):
+    x, y = _write_cifar100(tmp_path, layout)
+    got_x, got_y = data.load("cifar100", "test", tmp_path)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)  # the 100 fine labels, 99 included
+    assert got_x.dtype == np.uint8 and got_y.dtype == np.int32
+    assert data.NUM_CLASSES["cifar100"] == 100
+
+
+def test_cifar100_errors(tmp_path):
+    with pytest.raises(data.DataError, match="no CIFAR-100 files"):
+        data.load("cifar100", "test", tmp_path)
+    _write_cifar100(tmp_path, "binary_dir")
+    p = tmp_path / "cifar-100-binary" / "test.bin"
+    p.write_bytes(p.read_bytes()[:-7])
+    with pytest.raises(data.DataError, match="3074-byte records"):
+        data.load("cifar100", "test", tmp_path)
+    assert "cifar100" not in data.DATASETS  # training runs on the others only
