@@ -131,6 +131,13 @@ def test_wrapped_and_prefixed_checkpoints_load(small_wrn, tmp_path):
         torch.save(obj, p)
         fn = zoo.load("wrn-10-1", checkpoint=p, sub_block1=True)
         assert _rel_err(fn(X), want) < 1e-5, i
+    # RobustBench's normalize_model(): "normalize.mean/std" beside "model." (mean 0, std 1).
+    p = tmp_path / "normalized.pt"
+    torch.save(dict({f"model.{k}": v for k, v in sd.items()},
+                    **{"normalize.mean": torch.zeros(1, 3, 1, 1),
+                       "normalize.std": torch.ones(1, 3, 1, 1)}), p)
+    fn = zoo.load("wrn-10-1", checkpoint=p, sub_block1=True, mean=(0, 0, 0), std=(1, 1, 1))
+    assert _rel_err(fn(X), want) < 1e-5
 
 
 def _save(tmp_path, sd, name="bad.pt"):

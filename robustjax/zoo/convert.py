@@ -70,9 +70,12 @@ def _unwrap(obj, where: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{where}: not a state_dict (found {type(obj).__name__})")
     out = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
            for k, v in obj.items()}
+    norm_keys = {k for pair in _NORM_BUFFERS for k in pair}
     for prefix in _PREFIXES:  # DataParallel's "module.", wrappers' "model."
-        if all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
+        # (RobustBench's normalize_model wraps a network as "normalize." + "model.")
+        if all(k.startswith(prefix) or k in norm_keys for k in out) and any(
+                k.startswith(prefix) for k in out):
+            out = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in out.items()}
     return out
 
 
