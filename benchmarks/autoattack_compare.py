@@ -55,8 +55,6 @@ _SKIP = flags.DEFINE_list("skip", [], "Implementations to skip: robustjax, pyaut
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
 
 
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
