@@ -29,6 +29,26 @@ class Capture(logging.Handler):
             self.total[name] = float(m.group(3))
 
 
+def peer_result(logits_fn, x, y, x_adv, cap: Capture, seconds: float, *, eps, norm) -> dict:
+    """pyautoattack's result, counted only after its adversarial examples pass robustjax's
+    checks (eps-ball, bounds, finite): accuracies, per-attack seconds, per-example bits."""
+    import jax
+    import numpy as np
+
+    from robustjax import evaluate
+
+    checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
+        logits_fn, x, y.astype(np.int32), x_adv, norm=norm))
+    evaluate.validate_checks(checks, eps=eps, atol=1e-5, norm=norm, bounds=(0.0, 1.0))
+    correct = checks["clean_ok"] & checks["adv_ok"]
+    prev, attack_seconds = 0.0, {}
+    for k, v in cap.total.items():  # pyautoattack logs cumulative times
+        attack_seconds[k], prev = v - prev, v
+    return dict(seconds=seconds, clean=float(checks["clean_ok"].mean()),
+                robust=float(correct.mean()), after=cap.after,
+                attack_seconds=attack_seconds, correct=bits(correct))
+
+
 def bits(correct) -> str:
     """Per-example robustness as a string of 0/1 (example i at position i)."""
     return "".join("1" if c else "0" for c in correct)

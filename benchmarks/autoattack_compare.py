@@ -33,7 +33,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.aa_report import Capture, bits, report
+from benchmarks.aa_report import Capture, bits, peer_result, report
 from benchmarks.torch_port import configure_xla, torch_mnist_cnn
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir of an MnistCNN model.")
@@ -72,7 +72,7 @@ def main(argv):
     import numpy as np
 
     from experiments.log_setup import setup_logging
-    from robustjax import autoattack, data, evaluate, train
+    from robustjax import autoattack, data, train
 
     try:
         import torch
@@ -151,17 +151,8 @@ def main(argv):
                                               largest=float(max(off_box.max(), 0.0)))
         x_adv = np.clip(x_adv, 0.0, 1.0)
         # The official examples must pass robustjax's checks too before they count.
-        checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
-            run.logits_fn, x, y.astype(np.int32), x_adv, norm=_NORM.value))
-        evaluate.validate_checks(checks, eps=eps, atol=1e-5, norm=_NORM.value,
-                                 bounds=(0.0, 1.0))
-        correct = checks["clean_ok"] & checks["adv_ok"]
-        prev, attack_seconds = 0.0, {}
-        for k, v in cap.total.items():
-            attack_seconds[k], prev = v - prev, v
-        out["pyautoattack"] = dict(seconds=seconds, clean=float(checks["clean_ok"].mean()),
-                                   robust=float(correct.mean()), after=cap.after,
-                                   attack_seconds=attack_seconds, correct=bits(correct))
+        out["pyautoattack"] = peer_result(run.logits_fn, x, y, x_adv, cap, seconds, eps=eps,
+                                          norm=_NORM.value)
 
     report(out)
     if _JSON_OUT.value:

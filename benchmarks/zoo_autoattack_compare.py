@@ -30,7 +30,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks.aa_report import Capture, bits, report
+from benchmarks.aa_report import Capture, bits, peer_result, report
 
 _EXAMPLES = flags.DEFINE_integer("examples", 32, "Generated test images.", lower_bound=1)
 _TRAIN = flags.DEFINE_integer("train", 400, "Generated images the linear head is fitted on.",
@@ -110,7 +110,7 @@ def main(argv):
     from pyautoattack import AutoAttack
 
     from experiments.log_setup import setup_logging
-    from robustjax import autoattack, evaluate, zoo
+    from robustjax import autoattack, zoo
 
     setup_logging()
     torch.set_num_threads(threads)
@@ -168,16 +168,8 @@ def main(argv):
                                                  batch_size=_BATCH.value)
     seconds = time.time() - t0
     x_adv = np.ascontiguousarray(x_adv.numpy().transpose(0, 2, 3, 1))
-    checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
-        logits_fn, x, y.astype(np.int32), x_adv, norm="linf"))
-    evaluate.validate_checks(checks, eps=_EPS.value, atol=1e-5, norm="linf", bounds=(0.0, 1.0))
-    correct = checks["clean_ok"] & checks["adv_ok"]
-    prev, attack_seconds = 0.0, {}
-    for k, v in cap.total.items():
-        attack_seconds[k], prev = v - prev, v
-    out["pyautoattack"] = dict(seconds=seconds, clean=float(checks["clean_ok"].mean()),
-                               robust=float(correct.mean()), after=cap.after,
-                               attack_seconds=attack_seconds, correct=bits(correct))
+    out["pyautoattack"] = peer_result(logits_fn, x, y, x_adv, cap, seconds, eps=_EPS.value,
+                                      norm="linf")
     report(out)
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:

@@ -137,46 +137,50 @@ def _cifar_binary_batch(raw: bytes, where: str):
     return rec[:, 1:], rec[:, 0]
 
 
-def _load_cifar10(split, data_dir):
-    """CIFAR-10 from the official python/binary tarballs or their extracted folders."""
+def _read_cifar_files(data_dir, title, split, layouts, names):
+    """``{name: (kind, bytes, where)}`` of one split's files, from an extracted folder or
+    an official archive. ``layouts``: ``(folder, archive, kind, suffix)`` in order of
+    preference; a folder wins over any archive."""
     members = {}
-    for folder, kind, sfx in (("cifar-10-batches-py", "py", ""),
-                              ("cifar-10-batches-bin", "bin", ".bin")):
+    for folder, _, kind, sfx in layouts:
         d = os.path.join(data_dir, folder)
         if os.path.isdir(d):
-            for b in CIFAR_BATCHES[split]:
+            for b in names:
                 p = os.path.join(d, b + sfx)
                 if not os.path.isfile(p):
-                    raise DataError(f"{p}: file not found (CIFAR-10 {split} split)")
+                    raise DataError(f"{p}: file not found ({title} {split} split)")
                 with open(p, "rb") as f:
                     members[b] = (kind, f.read(), p)
-            break
-    else:
-        for archive, kind in zip(CIFAR_ARCHIVES, ("py", "bin")):
-            path = os.path.join(data_dir, archive)
-            if not os.path.isfile(path):
-                continue
-            folder = "cifar-10-batches-py" if kind == "py" else "cifar-10-batches-bin"
-            sfx = "" if kind == "py" else ".bin"
-            try:
-                with tarfile.open(path, "r:gz") as tar:
-                    for b in CIFAR_BATCHES[split]:
-                        name = f"{folder}/{b}{sfx}"
-                        try:
-                            f = tar.extractfile(name)
-                        except KeyError:
-                            f = None
-                        if f is None:
-                            raise DataError(f"{path}: has no member {name}")
-                        members[b] = (kind, f.read(), f"{path}:{name}")
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read ({e}); truncated download?") from e
-            break
-        else:
-            raise DataError(f"no CIFAR-10 files in {data_dir}: expected one of "
-                            f"{list(CIFAR_ARCHIVES)} or the extracted cifar-10-batches-py/ "
-                            "or cifar-10-batches-bin/ folder (from "
-                            "https://www.cs.toronto.edu/~kriz/cifar.html)")
+            return members
+    for folder, archive, kind, sfx in layouts:
+        path = os.path.join(data_dir, archive)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                for b in names:
+                    name = f"{folder}/{b}{sfx}"
+                    try:
+                        f = tar.extractfile(name)
+                    except KeyError:
+                        f = None
+                    if f is None:
+                        raise DataError(f"{path}: has no member {name}")
+                    members[b] = (kind, f.read(), f"{path}:{name}")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read ({e}); truncated download?") from e
+        return members
+    raise DataError(f"no {title} files in {data_dir}: expected one of "
+                    f"{[lay[1] for lay in layouts]} or the extracted "
+                    f"{' or '.join(lay[0] + '/' for lay in layouts)} folder (from "
+                    "https://www.cs.toronto.edu/~kriz/cifar.html)")
+
+
+def _load_cifar10(split, data_dir):
+    """CIFAR-10 from the official python/binary tarballs or their extracted folders."""
+    layouts = (("cifar-10-batches-py", CIFAR_ARCHIVES[0], "py", ""),
+               ("cifar-10-batches-bin", CIFAR_ARCHIVES[1], "bin", ".bin"))
+    members = _read_cifar_files(data_dir, "CIFAR-10", split, layouts, CIFAR_BATCHES[split])
     xs, ys = [], []
     for b in CIFAR_BATCHES[split]:
         kind, raw, where = members[b]
@@ -198,39 +202,9 @@ def _load_cifar100(split, data_dir):
     the binary ``cifar-100-binary/{train,test}.bin`` records are 1 coarse label byte,
     1 fine label byte and 3072 pixels.
     """
-    found = None
-    for folder, kind, sfx in (("cifar-100-python", "py", ""), ("cifar-100-binary", "bin", ".bin")):
-        p = os.path.join(data_dir, folder, split + sfx)
-        if os.path.isdir(os.path.join(data_dir, folder)):
-            if not os.path.isfile(p):
-                raise DataError(f"{p}: file not found (CIFAR-100 {split} split)")
-            with open(p, "rb") as f:
-                found = (kind, f.read(), p)
-            break
-    else:
-        for archive, kind in zip(CIFAR100_ARCHIVES, ("py", "bin")):
-            path = os.path.join(data_dir, archive)
-            if not os.path.isfile(path):
-                continue
-            name = f"cifar-100-python/{split}" if kind == "py" else f"cifar-100-binary/{split}.bin"
-            try:
-                with tarfile.open(path, "r:gz") as tar:
-                    try:
-                        f = tar.extractfile(name)
-                    except KeyError:
-                        f = None
-                    if f is None:
-                        raise DataError(f"{path}: has no member {name}")
-                    found = (kind, f.read(), f"{path}:{name}")
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read ({e}); truncated download?") from e
-            break
-        else:
-            raise DataError(f"no CIFAR-100 files in {data_dir}: expected one of "
-                            f"{list(CIFAR100_ARCHIVES)} or the extracted cifar-100-python/ "
-                            "or cifar-100-binary/ folder (from "
-                            "https://www.cs.toronto.edu/~kriz/cifar.html)")
-    kind, raw, where = found
+    layouts = (("cifar-100-python", CIFAR100_ARCHIVES[0], "py", ""),
+               ("cifar-100-binary", CIFAR100_ARCHIVES[1], "bin", ".bin"))
+    kind, raw, where = _read_cifar_files(data_dir, "CIFAR-100", split, layouts, [split])[split]
     if kind == "py":
         x, y = _cifar_python_batch(raw, where, b"fine_labels", "CIFAR-100")
     else:
