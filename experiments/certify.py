@@ -5,13 +5,14 @@ r"""Certified and attacked robust accuracy of a trained workdir: the bracket on 
 
 For each eps, on the first N test examples: clean accuracy, PGD-40 (step
 2.5 eps / 40, random start), AutoAttack (standard) — upper bounds on the
-robust accuracy — and the accuracy certified by IBP, CROWN-IBP and CROWN
-(:mod:`robustjax.certify`) — lower bounds. Writes O/certify.json (rows in the
-shared schema, per-eps figures and per-example "0101..." strings: clean, each
-attack, each method) and O/certify.md; O defaults to DIR/certify. An example that is
-certified and yet broken by an attack is a bug: the command stops with an
-error naming it (:func:`robustjax.bracket.check_bracket`). AutoAttack keeps
-its finished attacks in O/stages_EPS, so a rerun resumes.
+robust accuracy — and the accuracy certified by IBP, CROWN-IBP and CROWN (and
+alpha-CROWN on request; :mod:`robustjax.certify`) — lower bounds. CROWN runs in
+chunks of examples sized to --memory_budget_gib (default: half the free memory).
+Writes O/certify.json (rows in the shared schema, per-eps figures and per-example
+"0101..." strings: clean, each attack, each method) and O/certify.md; O defaults to
+DIR/certify. An example that is certified and yet broken by an attack is a bug:
+the command stops with an error naming it (:func:`robustjax.bracket.check_bracket`).
+AutoAttack keeps its finished attacks in O/stages_EPS, so a rerun resumes.
 
 On the 2,000 test digits of shared/data/mnist-10k, the IBP-trained DM-small
 of benchmarks/certified_mnist10k_cpu.sh at eps 0.3: see benchmarks/RESULTS.md,
@@ -30,13 +31,15 @@ flags.DEFINE_string("workdir", None, "Training workdir of the evaluated model.")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir, else TFDS).")
 flags.DEFINE_list("eps", None, "L-inf radii (default: the training eps).")
 flags.DEFINE_list("methods", ["ibp", "crown_ibp", "crown"],
-                  "Verifiers: ibp, crown_ibp, crown.")
+                  "Verifiers: ibp, crown_ibp, crown, alpha_crown.")
 flags.DEFINE_list("attacks", ["pgd", "autoattack"], "Attack rows: pgd, autoattack.")
 flags.DEFINE_integer("examples", -1, "First N test examples (-1: the whole test split).")
 flags.DEFINE_integer("batch_size", 500, "Attack batch size.")
 flags.DEFINE_integer("bound_batch_size", 256, "IBP / CROWN-IBP batch size.")
-flags.DEFINE_integer("crown_batch_size", 16, "CROWN batch size (its memory grows with the "
-                     "neurons of each layer squared).")
+flags.DEFINE_integer("crown_batch_size", 256, "Most examples per CROWN / alpha-CROWN chunk "
+                     "(chunks are also sized to --memory_budget_gib).")
+flags.DEFINE_float("memory_budget_gib", 0.0, "Memory for the bounds, in GiB (0: half of the "
+                   "free memory).", lower_bound=0.0)
 flags.DEFINE_integer("pgd_steps", 40, "PGD steps.")
 flags.DEFINE_integer("pgd_restarts", 1, "PGD restarts.")
 flags.DEFINE_integer("num_steps", 100, "AutoAttack's APGD and FAB iterations (AutoAttack: 100).")
@@ -51,7 +54,8 @@ for _name in ("batch_size", "bound_batch_size", "crown_batch_size", "pgd_steps",
     flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 
 TITLES = dict(pgd="PGD", autoattack="AutoAttack", ibp="IBP-certified",
-              crown_ibp="CROWN-IBP-certified", crown="CROWN-certified")
+              crown_ibp="CROWN-IBP-certified", crown="CROWN-certified",
+              alpha_crown="alpha-CROWN-certified")
 
 
 def _parse(cfg):
@@ -99,14 +103,20 @@ def main(argv):
             pgd_restarts=FLAGS.pgd_restarts, batch_size=FLAGS.batch_size,
             autoattack_steps=FLAGS.num_steps, autoattack_queries=FLAGS.num_queries,
             bound_batch_size=FLAGS.bound_batch_size, crown_batch_size=FLAGS.crown_batch_size,
+            memory_budget=FLAGS.memory_budget_gib * 2**30 or None,
             resume_dir=os.path.join(out, f"stages_{eps:g}"))
         entry = _entry(eps, res)
         per_eps.append(entry)
         rows.extend(_rows(eps, entry))
+    settings = dict(seed=FLAGS.seed)       # only the settings of what ran
+    if "pgd" in FLAGS.attacks:
+        settings.update(pgd_steps=FLAGS.pgd_steps, pgd_restarts=FLAGS.pgd_restarts)
+    if "autoattack" in FLAGS.attacks:
+        settings.update(num_steps=FLAGS.num_steps, num_queries=FLAGS.num_queries)
+    if FLAGS.memory_budget_gib:
+        settings.update(memory_budget_gib=FLAGS.memory_budget_gib)
     results = dict(
-        dataset=cfg.dataset, split="test", n_examples=int(n), norm="linf",
-        seed=FLAGS.seed, pgd_steps=FLAGS.pgd_steps, num_steps=FLAGS.num_steps,
-        num_queries=FLAGS.num_queries, pgd_restarts=FLAGS.pgd_restarts,
+        dataset=cfg.dataset, split="test", n_examples=int(n), norm="linf", **settings,
         methods=list(FLAGS.methods), attacks=list(FLAGS.attacks), seconds=time.time() - t_all,
         model=dict(arch=train.build_model(cfg).__class__.__name__, config_arch=cfg.arch,
                    width=cfg.width, params=run.params),

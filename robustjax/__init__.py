@@ -14,10 +14,16 @@ Modules:
   fab      -- FAB / FAB-T, the minimum-norm fast adaptive boundary attack.
   square   -- the gradient-free Square attack (Andriushchenko et al., 2020).
   autoattack -- the AutoAttack ensemble (standard, plus, rand, custom versions).
-  certify  -- sound IBP, CROWN-IBP and CROWN bounds of any logits_fn over an eps-ball; the
-              certified accuracy and the certified-training losses (Gowal et al. 2018,
-              Zhang et al. 2018 and 2020).
-  bound_graph -- a function's jaxpr as a flat graph of primitives, and their interval rules.
+  certify  -- sound IBP, CROWN-IBP, CROWN and alpha-CROWN bounds of any logits_fn over an
+              eps-ball, in memory-sized chunks; the certified accuracy and the
+              certified-training losses (Gowal et al. 2018, Zhang et al. 2018 and 2020,
+              Xu et al. 2021).
+  bound_graph -- a function's jaxpr as a flat graph of primitives, and their interval rules
+              (sound or refused: named activations checked against the library's own).
+  interval -- the sound interval (IBP) rule of each primitive.
+  crown    -- backward linear bound propagation (CROWN, CROWN-IBP, alpha-CROWN) with the
+              batch on axis 0.
+  bound_memory -- per-example memory of the bounds, and chunks of examples within a budget.
   bracket  -- certified (lower) and attacked (upper) accuracy per example, and the check
               that no certified example is broken.
   landscape -- PGD from many random starts: the loss landscape of Section 3 (Figures 1-2).
@@ -56,7 +62,8 @@ from robustjax import xla_defaults as _xla_defaults  # isort: skip
 _xla_defaults.apply()
 
 from robustjax import (  # noqa: E402
-    apgd, apgd_l1, attacks, augment, autoattack, bound_graph, bracket, certify, config, data,
+    apgd, apgd_l1, attacks, augment, autoattack, bound_graph, bound_memory, bracket, certify,
+    config, crown, data, interval,
     evaluate, fab, fastpath, geometry, l1,
     landscape, layers, loop, mesh, models, rowstore, square, state, step, suite, sweeps, trades,
     train, validation, workdir, xla_defaults, zoo)
@@ -67,7 +74,8 @@ from robustjax.config import TrainConfig  # noqa: E402
 from robustjax.loop import train_and_evaluate  # noqa: E402
 from robustjax.workdir import load_model  # noqa: E402
 
-__all__ = ["apgd", "apgd_l1", "bound_graph", "bracket", "certify", "geometry", "l1", "attacks", "augment", "autoattack", "config",
+__all__ = ["apgd", "apgd_l1", "bound_graph", "bound_memory", "bracket", "certify", "crown",
+           "interval", "geometry", "l1", "attacks", "augment", "autoattack", "config",
            "data", "evaluate", "fab",
            "fastpath", "landscape", "layers", "loop", "mesh", "models", "rowstore", "square", "state",
            "step", "suite", "sweeps", "trades", "train", "validation", "workdir", "xla_defaults", "zoo",

@@ -14,7 +14,8 @@ activations in :data:`NAMED_CALLS` (``jax.nn.leaky_relu``, ``silu``...) stay
 single nodes, so that their exact interval rule (and, in CROWN, their linear
 relaxation) applies instead of the looser rules of their parts.
 
-:func:`ibp_node` is the interval rule of one node. The rules:
+:func:`robustjax.interval.ibp_node` is the interval rule of one node
+(re-exported here). The rules:
 
 * monotone primitives (sums, structural ops, max/min and max-pooling in both
   its ``reduce_window`` and reshape-and-max forms, exp, tanh, logistic, the
@@ -27,28 +28,44 @@ relaxation) applies instead of the looser rules of their parts.
   predicate (certainly / possibly true) that ``select_n`` turns into a hull.
 
 Values that do not depend on the input (parameters, batch-norm statistics,
-normalisation constants) are computed exactly. Bounds are sound in exact
+normalisation constants) are computed exactly.
+
+**Sound or refused, never silently wrong.** A named call is kept as one node
+only when its body is, primitive for primitive, the body of the library's own
+``jax.nn`` function of that name, and its parameters lie where the rule is
+proven (leaky ReLU slope in [0, 1], elu alpha >= 0, celu alpha > 0); anything
+else named ``relu`` (a user's own jitted function, a traced slope) is bounded
+through its body. NaN in an interval means "unknown": it is widened to
+(-inf, inf) after every node, and comparisons treat it as possibly true and
+possibly false. Every ``dot_general`` and convolution runs at
+``precision=HIGHEST`` (no TF32 or bfloat16 passes on GPUs and TPUs); a model
+that computes in bfloat16 or float16 is refused unless ``trace(...,
+upcast=True)``, which bounds its float32 upcast. Bounds are sound in exact
 arithmetic; in float32 they hold up to rounding (as in auto_LiRPA and
-jax_verify), which the tests allow for with a 1e-5 relative tolerance.
-Anything else (control flow, integer ops on bounded values, sorting)
-raises :class:`UnsupportedPrimitiveError` naming the primitive.
+jax_verify), which :func:`robustjax.certify.certified` covers with a relative
+margin. Anything else (control flow, integer ops on bounded values, sorting)
+raises :class:`UnsupportedPrimitiveError` naming the primitive, its
+parameters and what is supported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.extend import core as jcore
 
 __all__ = ["Box", "Node", "Graph", "UnsupportedPrimitiveError", "trace", "ibp_node",
            "is_box", "NAMED_CALLS", "AFFINE", "SILU_ARGMIN"]
 
 
-class UnsupportedPrimitiveError(NotImplementedError):
-    """A primitive of the traced function has no bound rule."""
+class UnsupportedPrimitiveError(ValueError, NotImplementedError):
+    """A primitive (or named call) of the traced function has no sound bound rule here."""
 
 
 class Box(NamedTuple):
@@ -110,20 +127,102 @@ def _sub_jaxpr(eqn):
                                     f"body to interpret")
 
 
-def trace(fn, x_shape: jax.ShapeDtypeStruct) -> Graph:
-    """The :class:`Graph` of ``fn`` at an input of ``x_shape`` (one array in, one out)."""
+# The parameter range in which each named activation is monotone (and, for the ReLU-like
+# ones, in which CROWN's relaxation holds): name -> check of its extra arguments.
+_PARAM_RANGES = {
+    "leaky_relu": ("negative_slope in [0, 1]", lambda a: bool(np.all((a >= 0) & (a <= 1)))),
+    "elu": ("alpha >= 0", lambda a: bool(np.all(a >= 0))),
+    "celu": ("alpha > 0", lambda a: bool(np.all(a > 0))),
+}
+_LOW_PRECISION = frozenset({"bfloat16", "float16", "float8_e4m3fn", "float8_e5m2",
+                            "float8_e4m3b11fnuz", "float8_e4m3fnuz", "float8_e5m2fnuz"})
+_DTYPE_PARAMS = ("new_dtype", "preferred_element_type", "dtype")
+
+
+@functools.lru_cache(maxsize=256)
+def _library_body(name: str, avals: tuple) -> Optional[str]:
+    """The printed body of ``jax.nn.<name>`` at these argument avals (None if it has none)."""
+    fn = getattr(jax.nn, name, None)
+    if fn is None:
+        return None
+    args = [jax.ShapeDtypeStruct(s, d, weak_type=w) for s, d, w in avals]
+    try:
+        closed = jax.make_jaxpr(fn)(*args)
+    except Exception:  # noqa: BLE001 - a signature that does not fit: not the library's call
+        return None
+
+    def find(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") == name:
+                return str(eqn.params["jaxpr"])
+            if eqn.primitive.name in _CALL_PRIMS:
+                found = find(_sub_jaxpr(eqn)[0])
+                if found is not None:
+                    return found
+        return None
+    return find(closed.jaxpr)
+
+
+def _named_call_ok(name: str, eqn, ins, consts) -> bool:
+    """True when ``eqn`` is the library's own ``jax.nn.<name>`` with parameters in range."""
+    avals = tuple((tuple(v.aval.shape), np.dtype(v.aval.dtype), bool(v.aval.weak_type))
+                  for v in eqn.invars)
+    if _library_body(name, avals) != str(eqn.params["jaxpr"]):
+        return False
+    extra = ins[1:]
+    if not extra:
+        return True
+    if name not in _PARAM_RANGES:
+        return False
+    try:
+        vals = [np.asarray(consts[i]) for i in extra]
+    except (KeyError, TypeError, jax.errors.ConcretizationTypeError,
+            jax.errors.TracerArrayConversionError):
+        return False       # a parameter computed or traced: bound the body instead
+    return all(_PARAM_RANGES[name][1](v) for v in vals)
+
+
+def _low(dtype) -> bool:
+    return np.dtype(dtype).name in _LOW_PRECISION
+
+
+def _node_params(name: str, params: dict, upcast: bool) -> dict:
+    """The node's parameters, with float32 HIGHEST precision for every dot and convolution."""
+    params = dict(params)
+    if name in ("dot_general", "conv_general_dilated"):
+        params["precision"] = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+    if upcast:
+        for k in _DTYPE_PARAMS:
+            if params.get(k) is not None and _low(params[k]):
+                params[k] = np.dtype(np.float32)
+    return params
+
+
+def trace(fn, x_shape: jax.ShapeDtypeStruct, *, upcast: bool = False) -> Graph:
+    """The :class:`Graph` of ``fn`` at an input of ``x_shape`` (one array in, one out).
+
+    A function that computes in bfloat16 / float16 raises ``ValueError`` unless
+    ``upcast``, which bounds the same program with every value in float32.
+    """
     closed = jax.make_jaxpr(fn)(x_shape)
     nodes, consts, shapes = [], {}, {}
     counter = iter(range(1 << 62))
+    low = []
 
     def new_id(aval) -> int:
         i = next(counter)
-        shapes[i] = jax.ShapeDtypeStruct(aval.shape, aval.dtype)
+        dtype = aval.dtype
+        if jnp.issubdtype(dtype, jnp.floating) and _low(dtype):
+            low.append(np.dtype(dtype).name)
+            dtype = np.float32 if upcast else dtype
+        shapes[i] = jax.ShapeDtypeStruct(aval.shape, dtype)
         return i
 
     def const(value) -> int:
         value = jnp.asarray(value) if not isinstance(value, jax.Array) else value
         i = new_id(value)
+        if upcast and jnp.issubdtype(value.dtype, jnp.floating) and _low(value.dtype):
+            value = value.astype(jnp.float32)
         consts[i] = value
         return i
 
@@ -141,7 +240,7 @@ def trace(fn, x_shape: jax.ShapeDtypeStruct) -> Graph:
             ins = tuple(read(a) for a in eqn.invars)
             name = eqn.primitive.name
             call_name = eqn.params.get("name") if name in ("jit", "pjit") else None
-            if call_name in NAMED_CALLS:
+            if call_name in NAMED_CALLS and _named_call_ok(call_name, eqn, ins, consts):
                 outs = tuple(new_id(v.aval) for v in eqn.outvars)
                 nodes.append(Node("call", {}, ins, outs, call=eqn.params["jaxpr"],
                                   name=call_name))
@@ -150,7 +249,8 @@ def trace(fn, x_shape: jax.ShapeDtypeStruct) -> Graph:
                 outs = tuple(run(body, bconsts, ins))
             else:
                 outs = tuple(new_id(v.aval) for v in eqn.outvars)
-                nodes.append(Node(eqn.primitive, dict(eqn.params), ins, outs, name=name))
+                nodes.append(Node(eqn.primitive, _node_params(name, eqn.params, upcast), ins,
+                                  outs, name=name))
             for v, o in zip(eqn.outvars, outs):
                 if not isinstance(v, jcore.DropVar):
                     env[v] = o
@@ -158,164 +258,13 @@ def trace(fn, x_shape: jax.ShapeDtypeStruct) -> Graph:
 
     in_ids = tuple(new_id(v.aval) for v in closed.jaxpr.invars)
     out_ids = tuple(run(closed.jaxpr, closed.consts, in_ids))
+    if low and not upcast:
+        raise ValueError(
+            f"certify: the model computes in {sorted(set(low))[0]}; bounds are computed in "
+            f"float32 only. Pass upcast=True to bound its float32 upcast (the same program "
+            f"with every value in float32), or evaluate a float32 copy of the model")
     return Graph(nodes, in_ids, out_ids, consts, shapes)
 
 
-# ---------------------------------------------------------------------------------------------
-# Interval rules.
-
-_INCREASING = frozenset({
-    "add", "add_any", "max", "min", "reduce_max", "reduce_min", "reduce_sum",
-    "reduce_window_max", "reduce_window_min", "reduce_window_sum", "reshape", "transpose",
-    "broadcast_in_dim", "squeeze", "expand_dims", "slice", "dynamic_slice", "gather", "pad",
-    "concatenate", "stack", "unstack", "split", "tile", "rev", "copy", "copy_p",
-    "convert_element_type", "reduce_precision", "cumsum", "cummax", "cummin", "exp", "exp2",
-    "log", "log1p", "expm1", "tanh", "logistic", "erf", "sqrt", "cbrt", "atan", "asinh", "sinh",
-    "select_n", "clamp", "optimization_barrier", "sharding_constraint"})
-_DECREASING_ARGS = {"sub": (1,), "neg": (0,), "rsqrt": (0,)}
-_SCALED = frozenset({"mul", "div", "dot_general", "conv_general_dilated"})
-_INDEX_ARGS = {"dynamic_slice": slice(1, None), "gather": slice(1, 2), "select_n": slice(0, 1)}
-
-# Primitives affine in their bounded inputs (given the constant ones): what backward linear
-# propagation (CROWN) passes through exactly.
-AFFINE = frozenset({
-    "add", "add_any", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "squeeze",
-    "expand_dims", "slice", "dynamic_slice", "gather", "pad", "concatenate", "stack", "unstack",
-    "split", "tile", "rev", "copy", "copy_p", "convert_element_type", "reduce_sum", "cumsum",
-    "select_n", "reduce_window_sum", "mul", "div", "dot_general", "conv_general_dilated",
-    "optimization_barrier", "sharding_constraint"})
-
-
-def _bind(node: Node, args):
-    if node.prim == "call":
-        return jcore.jaxpr_as_fun(node.call)(*args)
-    out = node.prim.bind(*args, **node.params)
-    return list(out) if node.prim.multiple_results else [out]
-
-
-def _unsupported(node: Node, why: str = ""):
-    raise UnsupportedPrimitiveError(
-        f"certify: no bound rule for primitive {node.name!r} on a bounded input{why}; "
-        f"supported: affine and monotone primitives, mul/div, dot_general, "
-        f"conv_general_dilated, max-pooling and the activations {sorted(NAMED_CALLS)}")
-
-
-def _monotone(node: Node, vals, decreasing=()):
-    lo_args = [v if not is_box(v) else (v.hi if i in decreasing else v.lo)
-               for i, v in enumerate(vals)]
-    hi_args = [v if not is_box(v) else (v.lo if i in decreasing else v.hi)
-               for i, v in enumerate(vals)]
-    return [Box(a, b) for a, b in zip(_bind(node, lo_args), _bind(node, hi_args))]
-
-
-def _mul_boxes(a: Box, b: Box) -> Box:
-    p = (a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi)
-    return Box(jnp.minimum(jnp.minimum(p[0], p[1]), jnp.minimum(p[2], p[3])),
-               jnp.maximum(jnp.maximum(p[0], p[1]), jnp.maximum(p[2], p[3])))
-
-
-def _as_box(v) -> Box:
-    return v if is_box(v) else Box(v, v)
-
-
-def _reciprocal(b: Box) -> Box:
-    """1 / [lo, hi]; unbounded when the interval contains 0."""
-    ok = (b.lo > 0) | (b.hi < 0)
-    return Box(jnp.where(ok, 1.0 / b.hi, -jnp.inf), jnp.where(ok, 1.0 / b.lo, jnp.inf))
-
-
-def _scaled(node: Node, vals):
-    """Linear in one bounded operand with constant factors: centre and radius."""
-    boxed = [i for i, v in enumerate(vals) if is_box(v)]
-    name = node.name
-    if name == "mul" and len(boxed) == 2:
-        return [_mul_boxes(vals[0], vals[1])]
-    if name == "div" and 1 in boxed:
-        return [_mul_boxes(_as_box(vals[0]), _reciprocal(vals[1]))]
-    if len(boxed) != 1:
-        _unsupported(node, " (a product of two bounded operands)")
-    (k,) = boxed
-    box = vals[k]
-    centre, radius = (box.lo + box.hi) / 2, (box.hi - box.lo) / 2
-    c_args = [centre if i == k else v for i, v in enumerate(vals)]
-    r_args = [radius if i == k else jnp.abs(v) for i, v in enumerate(vals)]
-    (c,), (r,) = _bind(node, c_args), _bind(node, r_args)
-    return [Box(c - r, c + r)]
-
-
-def _square(lo, hi):
-    straddle = (lo < 0) & (hi > 0)
-    a, b = lo * lo, hi * hi
-    return Box(jnp.where(straddle, 0.0, jnp.minimum(a, b)), jnp.maximum(a, b))
-
-
-def _silu(box: Box) -> Box:
-    """Exact bounds of x * sigmoid(x): decreasing below x*, increasing above."""
-    f = jax.nn.silu
-    low = jnp.where(box.hi < SILU_ARGMIN, f(box.hi),
-                    jnp.where(box.lo > SILU_ARGMIN, f(box.lo), f(jnp.float32(SILU_ARGMIN))))
-    return Box(low, jnp.maximum(f(box.lo), f(box.hi)))
-
-
-def _compare(node: Node, vals):
-    a, b = _as_box(vals[0]), _as_box(vals[1])
-    name = node.name
-    if name in ("lt", "le"):
-        a, b = b, a
-        name = "gt" if name == "lt" else "ge"
-    op = jnp.greater if name == "gt" else jnp.greater_equal
-    return [Box(op(a.lo, b.hi), op(a.hi, b.lo))]
-
-
-def _select(node: Node, vals):
-    pred, cases = vals[0], [_as_box(v) for v in vals[1:]]
-    if len(cases) != 2:
-        _unsupported(node, " (a bounded predicate choosing among more than two cases)")
-    sure, maybe = pred.lo, pred.hi      # certainly true, possibly true
-    lo = jnp.where(sure, cases[1].lo, jnp.where(maybe, jnp.minimum(cases[0].lo, cases[1].lo),
-                                                cases[0].lo))
-    hi = jnp.where(sure, cases[1].hi, jnp.where(maybe, jnp.maximum(cases[0].hi, cases[1].hi),
-                                                cases[0].hi))
-    return [Box(lo, hi)]
-
-
-def ibp_node(node: Node, vals) -> list:
-    """Output values of ``node``: exact arrays when no input is bounded, else :class:`Box` es."""
-    if not any(is_box(v) for v in vals):
-        return _bind(node, vals)
-    name = node.name
-    index = _INDEX_ARGS.get(name)
-    if index is not None and any(is_box(v) for v in vals[index]):
-        if name == "select_n" and vals[0].lo.dtype == jnp.bool_:
-            return _select(node, vals)
-        _unsupported(node, " (a bounded index or predicate)")
-    if name == "convert_element_type" and not jnp.issubdtype(node.params["new_dtype"],
-                                                             jnp.floating):
-        _unsupported(node, " (conversion to a non-float type)")
-    if node.prim == "call":
-        if any(is_box(v) for v in vals[1:]):
-            _unsupported(node, " (a bounded activation parameter)")
-        return [_silu(vals[0])] if name == "silu" else _monotone(node, vals)
-    if name in _INCREASING:
-        return _monotone(node, vals)
-    if name in _DECREASING_ARGS:
-        return _monotone(node, vals, decreasing=_DECREASING_ARGS[name])
-    if name in _SCALED:
-        return _scaled(node, vals)
-    if name in ("ge", "gt", "le", "lt"):
-        return _compare(node, vals)
-    if name == "square":
-        return [_square(vals[0].lo, vals[0].hi)]
-    if name == "integer_pow":
-        n, b = node.params["y"], vals[0]
-        if n % 2 and n > 0:
-            return [Box(b.lo ** n, b.hi ** n)]
-        if n > 0:
-            sq = _square(b.lo, b.hi)
-            return [Box(sq.lo ** (n // 2), sq.hi ** (n // 2))]
-        _unsupported(node, " (a negative power)")
-    if name == "abs":
-        b = vals[0]
-        return [Box(jnp.maximum(jnp.maximum(b.lo, -b.hi), 0.0),
-                    jnp.maximum(jnp.abs(b.lo), jnp.abs(b.hi)))]
-    _unsupported(node)
+# The interval rules live in robustjax.interval; their names stay importable from here.
+from robustjax.interval import AFFINE, ibp_node  # noqa: E402,F401

@@ -54,8 +54,9 @@ def bracket(logits_fn: Callable, x, y, *, eps: float, norm: str = "linf",
             attack_rows: Sequence[str] = ATTACK_ROWS, key: Optional[jax.Array] = None,
             pgd_steps: int = 40, pgd_restarts: int = 1, autoattack_version: str = "standard",
             autoattack_steps: int = 100, autoattack_queries: int = 5000,
-            batch_size: int = 500, bound_batch_size: int = 256, crown_batch_size: int = 16,
-            bounds=(0.0, 1.0), resume_dir: Optional[str] = None, check: bool = True) -> dict:
+            batch_size: int = 500, bound_batch_size: int = 256, crown_batch_size: int = 256,
+            bounds=(0.0, 1.0), resume_dir: Optional[str] = None, check: bool = True,
+            memory_budget: Optional[float] = None) -> dict:
     """Clean, attacked and certified correctness of every example at one eps.
 
     PGD-k uses step 2.5 eps / k with a random start (Madry et al.'s rule;
@@ -63,10 +64,13 @@ def bracket(logits_fn: Callable, x, y, *, eps: float, norm: str = "linf",
     :func:`robustjax.autoattack.autoattack` (``resume_dir`` makes it resumable).
     Returns ``{"clean": bool[N], "attacks": {row: bool[N]}, "certified":
     {method: bool[N]}, "seconds": {...}}``; with ``check``, raises
-    :class:`BracketError` when a certified example is broken.
+    :class:`BracketError` when a certified example is broken. ``x`` must lie in
+    ``bounds`` (:func:`robustjax.certify.check_inputs`); the verifiers run in
+    chunks of at most ``bound_batch_size`` / ``crown_batch_size`` examples that
+    fit ``memory_budget`` bytes (default: half the free memory).
     """
     key = jax.random.PRNGKey(0) if key is None else key
-    x = np.asarray(x, np.float32)
+    x = certify.check_inputs(x, bounds)
     y = np.asarray(y)
     for m in methods:
         if m not in certify.METHODS:
@@ -99,9 +103,10 @@ def bracket(logits_fn: Callable, x, y, *, eps: float, norm: str = "linf",
                  100 * robust[row].mean(), seconds[row])
     for m in methods:
         t0 = time.time()
-        bs = crown_batch_size if m == "crown" else bound_batch_size
+        bs = crown_batch_size if m in ("crown", "alpha_crown") else bound_batch_size
         cert[m] = np.asarray(certify.certified(logits_fn, x, y, eps=eps, method=m, norm=norm,
-                                               bounds=bounds, batch_size=bs))
+                                               bounds=bounds, batch_size=bs,
+                                               memory_budget=memory_budget))
         seconds[m] = time.time() - t0
         log.info("eps %g: %s certified accuracy %.2f%% (%.0f s)", eps, m, 100 * cert[m].mean(),
                  seconds[m])

@@ -250,10 +250,35 @@ class TrainConfig:
         if any(int(s) < 0 for s in self.eval_attack_steps):
             raise ValueError(f"eval_attack_steps must be >= 0, got {self.eval_attack_steps}")
 
+    def unused_fields(self) -> frozenset:
+        """Fields that this run's objective and training attack never read.
+
+        Certified objectives bound the whole ball (no training attack, no TRADES
+        beta); only they read kappa, and only CROWN-IBP reads beta; natural
+        training (train_attack 'none') takes no attack steps.
+        """
+        unused = set()
+        if self.objective in CERTIFIED_OBJECTIVES:
+            unused |= {"train_attack", "attack_steps", "attack_step_size", "bn_attack_mode",
+                       "trades_beta"}
+            if self.objective != "crown_ibp":
+                unused |= {"crown_beta_start", "crown_beta_end"}
+        else:
+            unused |= {"kappa_start", "kappa_end", "crown_beta_start", "crown_beta_end"}
+            if self.objective != "trades":
+                unused.add("trades_beta")
+            if self.train_attack == "none":
+                unused |= {"attack_steps", "attack_step_size", "bn_attack_mode"}
+        return frozenset(unused)
+
     def to_json(self) -> dict:
+        """The fields this run reads (:meth:`unused_fields` left out; ``from_json`` fills
+        them with their defaults)."""
         d = dataclasses.asdict(self)
         d["eval_attack_steps"] = list(self.eval_attack_steps)
         d["lr_boundaries"] = list(self.lr_boundaries)
+        for name in self.unused_fields():
+            d.pop(name)
         return d
 
     @classmethod

@@ -157,10 +157,10 @@ def certified_curve(logits_fn: _a.LogitsFn, x, y, eps_values: Sequence[float], *
     eps_values = [float(e) for e in eps_values]
     for e in eps_values:
         _a._check_scalar("eps_values", e)
-    x = np.asarray(x, np.float32)
+    x = certify.check_inputs(x, bounds)
     y = np.asarray(y)
     k = evaluate.num_classes(logits_fn, x.shape[1:])
-    fn = certify.make_bound_fn(logits_fn, method=method, norm=norm, bounds=bounds)
+    fn = certify.make_bound_fn(logits_fn, method=method, norm=norm, bounds=bounds, upper=False)
     n = x.shape[0]
     bs = min(batch_size, n)
     correct = np.zeros((len(eps_values), n), bool)
@@ -170,8 +170,8 @@ def certified_curve(logits_fn: _a.LogitsFn, x, y, eps_values: Sequence[float], *
         spec = certify.margin_spec(yb, k)
         own = np.eye(k, dtype=bool)[yb]
         for j, eps in enumerate(eps_values):
-            lo, _ = fn(xb, np.float32(eps), spec)
-            ok = np.all((np.asarray(lo) > 0) | own, axis=1)
+            lo, hi = fn(xb, np.float32(eps), spec)
+            ok = certify.is_certified(np.where(own, np.inf, lo), np.where(own, np.inf, hi))
             correct[j, start:start + bs] = ok[:min(bs, n - start)]
     acc = correct.mean(axis=1)
     zero = [j for j, e in enumerate(eps_values) if e == 0]
