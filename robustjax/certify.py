@@ -175,6 +175,7 @@ def _bound_rows(graph, settings, x, eps, spec, beta, *, batched):
 
 
 _BOUND_FNS = collections.OrderedDict()   # built bound functions, least recently used first
+_COMPILED = collections.OrderedDict()    # their compiled chunks: (fn, shapes, size) -> Chunked
 
 
 def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf",
@@ -262,11 +263,18 @@ def _bounds(logits_fn, x, eps, norm, method, box, spec, batch_size, crown_max_ne
                                     crown_max_neurons=crown_max_neurons, upcast=upcast)
     if per > budget:
         raise too_big(where, per, budget)
-    size = int(max(1, min(batch_size, n, budget // per)))
+    # A power of two (at most the next one above n), so that calls on other numbers of
+    # examples, and small changes of the free memory, reuse the compiled chunk.
+    size = int(max(1, min(batch_size, budget // per, 1 << (n - 1).bit_length())))
+    size = 1 << (size.bit_length() - 1)
     fn = make_bound_fn(logits_fn, method=method, norm=norm, bounds=box,
                        crown_max_neurons=crown_max_neurons, upcast=upcast,
                        alpha_steps=alpha_steps, upper=upper)
-    chunked = Chunked(fn, x, spec, size, budget, where)
+    key = (fn, x.shape[1:], spec.shape[1:], size)
+    chunked = _COMPILED.pop(key, None) or Chunked(fn, x, spec, size, budget, where)
+    _COMPILED[key] = chunked
+    while len(_COMPILED) > 32:
+        _COMPILED.popitem(last=False)
     size = chunked.size
     los, his = [], []
     t0 = time.time()
