@@ -41,7 +41,6 @@ gives).
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from typing import Callable, Optional
@@ -174,8 +173,25 @@ def _bound_rows(graph, settings, x, eps, spec, beta, *, batched):
     return jnp.transpose(lo), jnp.transpose(hi)
 
 
-_BOUND_FNS = collections.OrderedDict()   # built bound functions, least recently used first
-_COMPILED = collections.OrderedDict()    # their compiled chunks: (fn, shapes, size) -> Chunked
+_CACHE_ATTR = "_robustjax_bound_fns"
+
+
+def _cache_for(logits_fn) -> dict:
+    """Built bound functions and compiled chunks of ``logits_fn``, kept on the function itself.
+
+    ``{settings: jitted fn, (jitted fn, shapes, size): Chunked}``. Nothing global
+    holds them, so they go when the user's function does, with the parameters it
+    closes over. A callable that takes no attributes gets a throwaway dict.
+    """
+    cache = getattr(logits_fn, _CACHE_ATTR, None)
+    if isinstance(cache, dict):
+        return cache
+    cache = {}
+    try:
+        setattr(logits_fn, _CACHE_ATTR, cache)
+    except Exception:  # noqa: BLE001 - bound methods, frozen modules, builtins: no cache
+        pass
+    return cache
 
 
 def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf",
@@ -203,14 +219,10 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
     box = _check_box(bounds)
     settings = (method, int(crown_max_neurons), norm, box, alpha_steps, float(alpha_lr),
                 bool(upper))
-    key = (logits_fn, settings, bool(upcast), per_example)
-    if jit:
-        try:
-            if key in _BOUND_FNS:
-                _BOUND_FNS.move_to_end(key)
-                return _BOUND_FNS[key]
-        except TypeError:      # an unhashable logits_fn: built anew
-            key = None
+    key = (settings, bool(upcast), per_example)
+    cache = _cache_for(logits_fn) if jit else {}
+    if key in cache:
+        return cache[key]
 
     def fn(x, eps, spec, beta=None):
         eps = jnp.broadcast_to(jnp.asarray(eps, jnp.float32), x.shape[:1])
@@ -233,10 +245,7 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
     if not jit:
         return fn
     fn = jax.jit(fn)
-    if key is not None:
-        _BOUND_FNS[key] = fn
-        while len(_BOUND_FNS) > 32:
-            _BOUND_FNS.popitem(last=False)
+    cache[key] = fn
     return fn
 
 
@@ -270,11 +279,9 @@ def _bounds(logits_fn, x, eps, norm, method, box, spec, batch_size, crown_max_ne
     fn = make_bound_fn(logits_fn, method=method, norm=norm, bounds=box,
                        crown_max_neurons=crown_max_neurons, upcast=upcast,
                        alpha_steps=alpha_steps, upper=upper)
-    key = (fn, x.shape[1:], spec.shape[1:], size)
-    chunked = _COMPILED.pop(key, None) or Chunked(fn, x, spec, size, budget, where)
-    _COMPILED[key] = chunked
-    while len(_COMPILED) > 32:
-        _COMPILED.popitem(last=False)
+    cache, key = _cache_for(logits_fn), (fn, x.shape[1:], spec.shape[1:], size)
+    chunked = cache.get(key) or Chunked(fn, x, spec, size, budget, where)
+    cache[key] = chunked
     size = chunked.size
     los, his = [], []
     t0 = time.time()
