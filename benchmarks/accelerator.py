@@ -122,7 +122,7 @@ def _commands(out: str, data_dir: str, smoke: bool) -> dict[str, tuple[list, int
                             "--examples=10", "--batch_size=10", "--num_steps=2",
                             "--num_queries=5", f"--json_out={j('autoattack')}"], 180,
                            j("autoattack")),
-            "tests": ([py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+            "tests": ([py, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
                        "tests/test_mesh.py", "-k", "padding or per_example"], 120, None),
             "wrn_step_compiled": None,
         }
@@ -146,7 +146,8 @@ def _commands(out: str, data_dir: str, smoke: bool) -> dict[str, tuple[list, int
         "autoattack": ([py, "-m", "benchmarks.autoattack_compare", f"--workdir={recipe}",
                         "--examples=1000", "--batch_size=500", f"--json_out={j('autoattack')}"],
                        150, j("autoattack")),
-        "tests": ([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], 150, None),
+        "tests": ([py, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *TESTS], 150,
+                  None),
         "wrn_step_compiled": ([py, "-m", "benchmarks.train_throughput", "--widths=10",
                                "--batch=128", "--dtypes=bfloat16", "--repeats=3",
                                "--steps_per_sample=3", "--torch_compile",

@@ -1,15 +1,18 @@
 """benchmarks.accelerator --smoke: every part of the accelerator acceptance runs (CPU, tiny)."""
 
 import json
-import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+from entry import fast_compile_env
 
 
+@pytest.mark.slow
 def test_accelerator_smoke_runs_every_part(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = fast_compile_env()  # every part runs; its speed figures are not the point here
     p = subprocess.run([sys.executable, "-m", "benchmarks.accelerator",
                         f"--output_dir={tmp_path}", "--smoke"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -128,6 +128,7 @@ def test_step_size_rule_on_synthetic_losses():
 # Invariants
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
 @pytest.mark.parametrize("loss,targeted", [("ce", False), ("dlr", False), ("dlr", True),
                                            ("cw", False)])
@@ -146,6 +147,7 @@ def test_invariants(batch, norm, eps, loss, targeted):
     assert_valid_adversarial(eager, x, eps=eps, norm=norm)
 
 
+@pytest.mark.slow
 def test_eps_is_traced_and_vmappable(batch):
     x, y, f = batch
     eps = jnp.asarray([0.0, 0.02, 0.05])
@@ -177,6 +179,7 @@ def test_keep_best_rule():
     np.testing.assert_array_equal(best, [-1.0, 0.0, 5.0, 2.0])
 
 
+@pytest.mark.slow
 def test_restarts_and_targets_never_weaker(batch):
     """Run i uses fold_in(key, i), so more restarts or targets repeat the shorter schedule first.
 
@@ -196,6 +199,7 @@ def test_restarts_and_targets_never_weaker(batch):
     assert 0 < one.sum() < len(one), "eps should be informative"
 
 
+@pytest.mark.slow
 def test_eot_averages_the_gradient():
     """With eot_samples > 1 the gradient is the mean over samples of a randomised model."""
     w = jax.random.normal(jax.random.PRNGKey(0), (16, 10))
@@ -235,6 +239,7 @@ def test_bad_input_names_the_argument(batch, kwargs, match):
 # Strength on a small model trained on real digits
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_apgd_at_least_as_strong_as_pgd(natural_model, pgd_baselines):
     """APGD-CE 100 steps vs PGD-100 (step eps / 6) at the same eps, on real digits; APGD-T vs
     PGD-100 x 5 restarts. Tolerance 1% (2 of 200 examples): all are randomised, and APGD

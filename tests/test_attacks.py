@@ -168,6 +168,7 @@ def _acc(model, attack, eps=0.1, norm="linf"):
                            batch_size=250, key=jax.random.PRNGKey(7))
 
 
+@pytest.mark.slow
 def test_clean_fgsm_pgd_ordering(natural_model):
     f = natural_model.logits_fn
     clean = _acc(natural_model, None)
@@ -212,6 +213,7 @@ def test_select_best_restart_matches_numpy(targeted):
     np.testing.assert_array_equal(out, np.asarray(cands)[best, np.arange(b)])
 
 
+@pytest.mark.slow
 def test_restarts_equal_best_of_individual_runs(natural_model):
     f = natural_model.logits_fn
     x, y = jnp.asarray(natural_model.x[:200]), jnp.asarray(natural_model.y[:200])
@@ -235,6 +237,7 @@ def test_restarts_equal_best_of_individual_runs(natural_model):
     assert fooled.any(0).sum() > fooled[0].sum()  # restarts found more than one run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["xent", "cw"])
 def test_targeted_pgd_reaches_target(natural_model, loss):
     f = natural_model.logits_fn
@@ -257,6 +260,7 @@ def test_targeted_pgd_reaches_target(natural_model, loss):
     assert targeted >= 0.8 and targeted > untargeted + 0.3, (targeted, untargeted)
 
 
+@pytest.mark.slow
 def test_cw_plus_pushes_further_than_cw(natural_model):
     f = natural_model.logits_fn
     x, y = jnp.asarray(natural_model.x[:200]), jnp.asarray(natural_model.y[:200])

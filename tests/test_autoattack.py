@@ -24,6 +24,7 @@ def test_chunks_pad_little_and_reuse_few_shapes():
         assert size <= 500 and k * size >= n and k == -(-n // 500)
 
 
+@pytest.mark.slow
 def test_versions_and_bad_input(natural_model):
     m = natural_model
     assert autoattack.version_attacks("standard") == ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -50,6 +51,7 @@ def standard_run(natural_model):
                                  eps=EPS, batch_size=128, num_queries=500)
 
 
+@pytest.mark.slow
 def test_ensemble_on_real_digits(natural_model, standard_run, pgd_baselines):
     """The standard ensemble is at least as strong as PGD-100 x 5 restarts (1% tolerance:
     both are randomised), each stage only removes examples, and every reported
@@ -77,6 +79,7 @@ def test_ensemble_on_real_digits(natural_model, standard_run, pgd_baselines):
     assert float(attacks.LINF.distance(jnp.asarray(res.x_adv - m.x[:N])).max()) <= EPS + 1e-5
 
 
+@pytest.mark.slow
 def test_each_attack_sees_only_robust_examples(natural_model, monkeypatch):
     """Compaction between attacks and target ranks, and one compilation per shape."""
     m = natural_model
@@ -120,6 +123,7 @@ def test_each_attack_sees_only_robust_examples(natural_model, monkeypatch):
         assert len(sizes) == len(set(sizes)) <= 2, sizes
 
 
+@pytest.mark.slow
 def test_interrupted_ensemble_resumes_after_the_last_finished_attack(natural_model, tmp_path):
     m = natural_model
     kw = dict(eps=EPS, version="custom", attacks=["apgd-ce", "square"], num_steps=5,
@@ -156,6 +160,7 @@ def test_an_invalid_attack_is_caught(natural_model, monkeypatch):
                               version="custom", attacks=["square"])
 
 
+@pytest.mark.slow
 def test_square_warning_on_masked_gradients(natural_model):
     """Gradients cut by stop_gradient: APGD fails, Square does not, and the result says so."""
     m = natural_model
@@ -166,6 +171,7 @@ def test_square_warning_on_masked_gradients(natural_model):
     assert any("Square" in w and "gradient masking" in w for w in res.warnings)
 
 
+@pytest.mark.slow
 def test_rand_version_calls_a_randomised_model(natural_model):
     m = natural_model
     calls = []
@@ -181,6 +187,7 @@ def test_rand_version_calls_a_randomised_model(natural_model):
     assert res.robust_accuracy < 0.9 * res.clean_accuracy
 
 
+@pytest.mark.slow
 def test_suite_rows_for_the_new_attacks(natural_model, standard_run):
     m = natural_model
     x, y = m.x[:40], m.y[:40]

@@ -58,6 +58,7 @@ def _inside(z, lo, hi):
     return bool(jnp.all(z >= lo - tol) & jnp.all(z <= hi + tol))
 
 
+@pytest.mark.slow
 def test_every_layer_kind_is_sound_at_random_corner_and_pgd_points():
     f, x = _every_layer_model()
     eps = 0.03
@@ -86,6 +87,7 @@ def test_every_layer_kind_is_sound_at_random_corner_and_pgd_points():
         assert bool(jnp.all(bnd[m][1] <= bnd["ibp"][1] + 1e-6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_bounds_at_eps_zero_are_the_logits(method):
     f, x = _every_layer_model()
@@ -129,6 +131,7 @@ def _certifiable_mlp():
     return f, x, np.asarray(jnp.argmax(f(x), -1))
 
 
+@pytest.mark.slow
 def test_certified_examples_are_never_broken_by_pgd_with_restarts():
     f, x, y = _certifiable_mlp()
     eps = 0.04
@@ -168,6 +171,7 @@ def test_bad_settings_give_clear_errors():
                        x, eps=0.1)
 
 
+@pytest.mark.slow
 def test_the_papers_cnn_bounds_are_sound():
     m = models.MnistCNN(width=1)
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
@@ -188,6 +192,7 @@ def _tiny_ibp(idx_dir, **kw):
     return train.TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_certified_training_resume_equals_uninterrupted(idx_dir, tmp_path):
     cfg = _tiny_ibp(idx_dir, objective="crown_ibp")   # beta mix of CROWN-IBP and IBP
     train.train_and_evaluate(cfg, str(tmp_path / "straight"), evaluate=False)
@@ -204,6 +209,7 @@ def test_certified_training_resume_equals_uninterrupted(idx_dir, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_certified_training_raises_the_certified_accuracy(idx_dir, tmp_path):
     from robustjax import data
     cfg = _tiny_ibp(idx_dir, steps=150, batch_size=50, eps=0.1, train_eps=0.1,
@@ -232,7 +238,9 @@ def test_config_refuses_certified_training_outside_linf():
 
 
 def test_table_certified_rows_are_bracket_checked():
-    from experiments.tables import certified_rows
+    from entry import fresh_module  # (the entry points' flags, defined afresh)
+
+    certified_rows = fresh_module("experiments.tables").certified_rows
     f, x, y = _certifiable_mlp()
     rows = certified_rows(f, x, y, 0.04, np.ones(len(x), bool))
     assert [r["method"] for r in rows] == ["ibp", "crown_ibp"]

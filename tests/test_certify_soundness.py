@@ -82,6 +82,7 @@ ACTIVATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_named_activations_are_trusted_only_in_range(name):
     act, trusted = ACTIVATIONS[name]
@@ -184,6 +185,7 @@ def _random_network(seed):
     return (lambda z: net.apply(v, z)), x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 def test_random_networks_are_sound_or_refused(seed):
     f, x = _random_network(seed)
@@ -210,6 +212,7 @@ def _small_cnn():
     return (lambda z: m.apply(v, z)), x
 
 
+@pytest.mark.slow
 def test_crown_in_memory_chunks_equals_one_batch_and_refuses_what_cannot_fit():
     f, x = _small_cnn()
     per, where = certify.memory_per_example(f, x.shape[1:], method="crown")
@@ -229,6 +232,7 @@ def test_crown_in_memory_chunks_equals_one_batch_and_refuses_what_cannot_fit():
     assert certify.make_bound_fn(f, method="crown") is certify.make_bound_fn(f, method="crown")
 
 
+@pytest.mark.slow
 def test_alpha_crown_is_never_looser_than_crown_and_certifies_more():
     r = np.random.default_rng(1)
     w1, w2, w3 = (r.normal(size=s).astype(np.float32) / d
@@ -248,6 +252,7 @@ def test_alpha_crown_is_never_looser_than_crown_and_certifies_more():
     assert not np.any(certify.certified(f, x, y, eps=0.06, method="alpha_crown") & broken)
 
 
+@pytest.mark.slow
 def test_batch_axis_crown_ibp_equals_the_vmapped_one():
     m = models.DMCNN(arch="dm_small")
     x = jax.random.uniform(jax.random.PRNGKey(0), (3, 12, 12, 1))
@@ -270,6 +275,7 @@ def test_batch_axis_crown_ibp_equals_the_vmapped_one():
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_axis_crown_on_an_im2col_network_equals_the_vmapped_one():
     # The paper's CNN folds pixels into axis 0 for its im2col convolutions: examples stay
     # contiguous blocks of rows, which the batch-axis check accepts.

@@ -33,6 +33,7 @@ def _setup(config, n=128):
     return model, tx, state, jnp.asarray(x), jnp.asarray(y)
 
 
+@pytest.mark.slow
 def test_weight_decay_applies_to_kernels_only():
     cfg = _config()
     model, tx, state, _, _ = _setup(cfg)
@@ -67,6 +68,7 @@ def test_piecewise_learning_rate():
         _config(compute_dtype="float16").validate()
 
 
+@pytest.mark.slow
 def test_pgd_training_decreases_the_loss():
     cfg = _config(steps=40, lr=0.02, augment_pad=0, augment_flip=False, batch_size=32)
     model, tx, state, x, y = _setup(cfg)
@@ -78,6 +80,7 @@ def test_pgd_training_decreases_the_loss():
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eval", "train", "madry"])
 def test_attack_does_not_update_batch_norm_statistics(mode):
     """The step's new BN statistics come from its one train-mode pass on x_adv alone,
@@ -122,6 +125,7 @@ def test_attack_does_not_update_batch_norm_statistics(mode):
     assert not np.allclose(f_eval(x_adv), f_train(x_adv), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_step_trains_and_keeps_invariants():
     cfg = _config(compute_dtype="bfloat16", augment_pad=0, augment_flip=False, steps=30,
                   lr=0.02, batch_size=32)
@@ -143,12 +147,14 @@ def test_bfloat16_step_trains_and_keeps_invariants():
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
 
 
+@pytest.mark.slow
 def test_cifar_resume_equals_uninterrupted(cifar_dir, tmp_path, caplog):
-    cfg = _config(data_dir=cifar_dir)
-    train.train_and_evaluate(cfg, str(tmp_path / "straight"))
-    assert train.train_and_evaluate(cfg, str(tmp_path / "resumed"), stop_after=3) is None
+    cfg = _config(data_dir=cifar_dir)  # (evaluation: test_cifar10_entry_points)
+    train.train_and_evaluate(cfg, str(tmp_path / "straight"), evaluate=False)
+    assert train.train_and_evaluate(cfg, str(tmp_path / "resumed"), stop_after=3,
+                                    evaluate=False) is None
     with caplog.at_level(logging.INFO, logger="robustjax"):
-        res = train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+        res = train.train_and_evaluate(cfg, str(tmp_path / "resumed"), evaluate=False)
     assert "resumed from step 3" in caplog.text
     assert res["model"] == dict(arch="CifarResNet", width=1, params=464_154)
     probe = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3))

@@ -1,26 +1,27 @@
-"""End-to-end smoke tests of the experiment entry points (tiny runs, real files)."""
+"""End-to-end tests of the experiment entry points (tiny runs, real files).
+
+Each entry point runs once as a real process (the exit-status contract); its
+other runs and its flag errors run in this process (:mod:`entry`), on the
+shared tiny workdirs of ``conftest.tiny_runs``.
+"""
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import TINY_FLAGS as TINY
+from entry import in_process, subprocess_run as _run
 
-TINY = ["--steps=3", "--batch_size=20", "--attack_steps=2", "--log_every=1",
-        "--checkpoint_every=2", "--eval_examples=30", "--eval_batch_size=30",
-        "--eval_attack_steps=2", "--lr=1e-3"]
 ROW_KEYS = {"attack", "norm", "eps", "steps", "step_size", "restarts", "loss", "source",
             "accuracy"}
 
 
-def _run(module, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _usage_error(p, what):
+    """One clean error: status 1, the flag named, no traceback."""
+    assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def _check_results(path, n_rows):
@@ -34,27 +35,28 @@ def _check_results(path, n_rows):
     return res
 
 
-def test_mnist_entry_point_and_resume(idx_dir, tmp_path):
+@pytest.mark.slow
+def test_mnist_entry_point_and_resume(tiny_runs, idx_dir, tmp_path):
+    # The shared PGD-trained run is a real `python -m experiments.mnist` process.
+    assert "| Method |" in tiny_runs.stdout and "step 3/3" in tiny_runs.stdout
+    _check_results(os.path.join(tiny_runs.pgd, "results.json"), 4)  # natural, FGSM, PGD-2, worst
     wd = str(tmp_path / "wd")
-    p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1", *TINY)
+    shutil.copytree(tiny_runs.pgd, wd)
+    p = in_process("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}",
+                   "--width=1", *[a if a != "--steps=3" else "--steps=4" for a in TINY])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "| Method |" in p.stdout and "step 3/3" in p.stdout
-    _check_results(os.path.join(wd, "results.json"), 4)  # natural, FGSM, PGD-2, worst
-    p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
-             *[a if a != "--steps=3" else "--steps=4" for a in TINY])
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "resumed from step 3" in p.stdout
+    assert "resumed from step 3" in p.stdout and "step 4/4" in p.stdout
 
 
 def test_mnist_entry_point_errors(idx_dir, tmp_path):
-    p = _run("experiments.mnist", f"--workdir={tmp_path}", f"--data_dir={tmp_path}/missing",
-             "--steps=1")
-    assert p.returncode != 0 and "missing" in p.stderr
-    p = _run("experiments.mnist", f"--workdir={tmp_path}", f"--data_dir={idx_dir}",
-             "--train_attack=cw")
-    assert p.returncode != 0 and "train_attack" in p.stderr
+    p = in_process("experiments.mnist", f"--workdir={tmp_path}",
+                   f"--data_dir={tmp_path}/missing", "--steps=1")
+    assert p.returncode == 1 and "missing" in p.stderr
+    _usage_error(in_process("experiments.mnist", f"--workdir={tmp_path}",
+                            f"--data_dir={idx_dir}", "--train_attack=cw"), "train_attack")
 
 
+@pytest.mark.slow
 def test_capacity_entry_point(idx_dir, tmp_path):
     pytest.importorskip("matplotlib")
     wd = str(tmp_path / "cap")
@@ -71,17 +73,14 @@ def test_capacity_entry_point(idx_dir, tmp_path):
     last = [json.loads(line) for line in open(os.path.join(wd, "width_1", "pgd",
                                                             "metrics.jsonl"))][-1]
     assert losses["pgd"] == pytest.approx(last["loss"])  # 3 steps: the last 10% is one record
-    p = _run("experiments.mnist_capacity", "--width=3", f"--workdir={wd}",
-             f"--data_dir={idx_dir}", *TINY)
+    p = in_process("experiments.mnist_capacity", "--width=3", f"--workdir={wd}",
+                   f"--data_dir={idx_dir}", *TINY)
     assert p.returncode != 0 and "width must be one of" in p.stderr
 
 
-def test_mnist_table_entry_point(idx_dir, tmp_path):
-    a, b = str(tmp_path / "A"), str(tmp_path / "B")
-    for wd, extra in ((a, []), (b, ["--train_attack=none", "--seed=1"])):
-        p = _run("experiments.mnist", f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1",
-                 *TINY, *extra)
-        assert p.returncode == 0, p.stderr[-3000:]
+@pytest.mark.slow
+def test_mnist_table_entry_point(tiny_runs, tmp_path):
+    a, b = tiny_runs.pgd, tiny_runs.none  # B: natural training, another seed
     out = str(tmp_path / "table")
     p = _run("experiments.mnist_table", f"--workdir={a}", f"--source_a_prime={b}",
              f"--source_b={b}", "--examples=30", "--restarts=2", f"--output_dir={out}",
@@ -101,13 +100,13 @@ def test_mnist_table_entry_point(idx_dir, tmp_path):
     md = open(os.path.join(out, "results.md")).read()
     assert md.startswith("| Method | eps | Steps |") and md.count("\n") == 2 + len(rows)
     assert len(os.listdir(os.path.join(out, "adversarial"))) == len(rows) - 1
-    p = _run("experiments.mnist_table", f"--workdir={a}", "--source_b=/nonexistent")
+    p = in_process("experiments.mnist_table", f"--workdir={a}", "--source_b=/nonexistent")
     assert p.returncode != 0 and "/nonexistent" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     # --suite=autoattack: natural + the AutoAttack ensemble, covered by the worst case.
     out = str(tmp_path / "table_aa")
-    p = _run("experiments.mnist_table", f"--workdir={a}", "--examples=30",
-             "--suite=autoattack", f"--output_dir={out}", "--batch_size=30")
+    p = in_process("experiments.mnist_table", f"--workdir={a}", "--examples=30",
+                   "--suite=autoattack", f"--output_dir={out}", "--batch_size=30")
     assert p.returncode == 0, p.stderr[-3000:]
     rows = _check_results(os.path.join(out, "results.json"), 3)["rows"]
     assert [r["attack"] for r in rows] == ["natural", "autoattack", "worst_case"]
@@ -116,8 +115,10 @@ def test_mnist_table_entry_point(idx_dir, tmp_path):
 
 
 def test_table_suites():
-    from experiments.mnist_table import table1_specs
-    from experiments.tables import suite_specs
+    from entry import fresh_module
+
+    table1_specs = fresh_module("experiments.mnist_table").table1_specs
+    suite_specs = fresh_module("experiments.tables").suite_specs
 
     paper = table1_specs(set())
     assert suite_specs(paper, "paper") == paper
@@ -126,21 +127,9 @@ def test_table_suites():
     assert both[:-1] == paper and both[-1].attack == "autoattack" and both[-1].eps == 0.3
 
 
-@pytest.fixture(scope="module")
-def tiny_runs(idx_dir, tmp_path_factory):
-    """Two tiny trained workdirs: PGD-trained ("pgd") and naturally trained ("none")."""
-    root = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for method in ("pgd", "none"):
-        runs[method] = str(root / method)
-        p = _run("experiments.mnist", f"--workdir={runs[method]}", f"--data_dir={idx_dir}",
-                 "--width=1", f"--train_attack={method}", *TINY)
-        assert p.returncode == 0, p.stderr[-3000:]
-    return runs
-
-
+@pytest.mark.slow
 def test_certify_entry_point(tiny_runs, tmp_path):
-    wd = tiny_runs["pgd"]
+    wd = tiny_runs.pgd
     p = _run("experiments.certify", f"--workdir={wd}", "--examples=12", "--eps=0,0.01",
              "--num_steps=3", "--num_queries=10", "--batch_size=12", "--crown_batch_size=12",
              f"--output_dir={tmp_path}")
@@ -156,12 +145,12 @@ def test_certify_entry_point(tiny_runs, tmp_path):
     md = open(tmp_path / "certify.md").read()
     assert "CROWN-certified" in md and "bracket" in md
     for bad, what in (("--eps=-1", "--eps"), ("--methods=lp", "--methods")):
-        p = _run("experiments.certify", f"--workdir={wd}", bad)
-        assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
+        _usage_error(in_process("experiments.certify", f"--workdir={wd}", bad), what)
 
 
+@pytest.mark.slow
 def test_autoattack_entry_point(tiny_runs, tmp_path):
-    wd = tiny_runs["pgd"]
+    wd = tiny_runs.pgd
     p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=30", "--num_steps=3",
              "--num_queries=20", "--batch_size=16", "--eps=0.1", f"--output_dir={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -174,9 +163,9 @@ def test_autoattack_entry_point(tiny_runs, tmp_path):
     assert res["robust_acc"] <= res["clean_acc"]
     assert os.path.isfile(os.path.join(tmp_path, "autoattack.md"))
     # Several threat models: each in its own directory, and one table of all.
-    p = _run("experiments.autoattack", f"--workdir={wd}", "--examples=12", "--num_steps=3",
-             "--num_queries=10", "--batch_size=16", "--norm=linf,l1", "--eps=0.1,2",
-             f"--output_dir={tmp_path / 'multi'}")
+    p = in_process("experiments.autoattack", f"--workdir={wd}", "--examples=12",
+                   "--num_steps=3", "--num_queries=10", "--batch_size=16", "--norm=linf,l1",
+                   "--eps=0.1,2", f"--output_dir={tmp_path / 'multi'}")
     assert p.returncode == 0, p.stderr[-3000:]
     both = json.load(open(tmp_path / "multi" / "threat_models.json"))
     assert [(t["norm"], t["eps"]) for t in both["threat_models"]] == [("linf", 0.1), ("l1", 2.0)]
@@ -187,17 +176,17 @@ def test_autoattack_entry_point(tiny_runs, tmp_path):
     for bad, what in (("--eps=-1", "--eps"), ("--norm=l2", "--eps is required"),
                       ("--examples=0", "--examples"), ("--norm=linf,l1", "--eps is required"),
                       ("--norm=l3", "--norm")):
-        p = _run("experiments.autoattack", f"--workdir={wd}", bad)  # absl usage errors
-        assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
-    p = _run("experiments.autoattack", f"--workdir={tmp_path / 'missing'}")
+        _usage_error(in_process("experiments.autoattack", f"--workdir={wd}", bad), what)
+    p = in_process("experiments.autoattack", f"--workdir={tmp_path / 'missing'}")
     assert p.returncode == 1 and "missing" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_loss_landscape_entry_point(tiny_runs, tmp_path):
     pytest.importorskip("matplotlib")
-    p = _run("experiments.loss_landscape", f"--workdir={tiny_runs['pgd']}",
-             f"--natural_workdir={tiny_runs['none']}", "--restarts=6", "--examples=2",
+    p = _run("experiments.loss_landscape", f"--workdir={tiny_runs.pgd}",
+             f"--natural_workdir={tiny_runs.none}", "--restarts=6", "--examples=2",
              "--steps=3", "--chunk_size=4", "--trajectories=3", "--bins=5",
              f"--output_dir={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -215,14 +204,15 @@ def test_loss_landscape_entry_point(tiny_runs, tmp_path):
                 float(finals[f"final_{k}"][i][0]), rel=1e-6)
     for png in ("loss_trajectories.png", "loss_histograms.png"):
         assert os.path.getsize(tmp_path / png) > 5_000
-    p = _run("experiments.loss_landscape", f"--workdir={tiny_runs['pgd']}", "--restarts=0")
-    assert p.returncode != 0 and "--restarts" in p.stderr and "Traceback" not in p.stderr
+    _usage_error(in_process("experiments.loss_landscape", f"--workdir={tiny_runs.pgd}",
+                            "--restarts=0"), "--restarts")
 
 
+@pytest.mark.slow
 def test_eps_sweep_entry_point(tiny_runs, tmp_path):
     pytest.importorskip("matplotlib")
-    p = _run("experiments.eps_sweep", f"--workdir={tiny_runs['pgd']}",
-             f"--natural_workdir={tiny_runs['none']}", "--norm=l2", "--eps=0,1,0.5,8",
+    p = _run("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}",
+             f"--natural_workdir={tiny_runs.none}", "--norm=l2", "--eps=0,1,0.5,8",
              "--attacks=pgd,square", "--examples=20", "--num_steps=2", "--num_queries=10",
              "--batch_size=16", f"--output_dir={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -248,10 +238,11 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
     assert "| ibp-certified |" in open(tmp_path / "eps_sweep_l2.md").read()
     for bad, what in (("--attacks=cw", "--attacks"), ("--eps=0,x", "--eps"),
                       ("--certify=lp", "--certify")):
-        p = _run("experiments.eps_sweep", f"--workdir={tiny_runs['pgd']}", bad)
-        assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
+        _usage_error(in_process("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}", bad),
+                     what)
 
 
+@pytest.mark.slow
 def test_cifar10_entry_points(cifar_dir, tmp_path):
     wd = str(tmp_path / "cifar")
     p = _run("experiments.cifar10", f"--workdir={wd}", f"--data_dir={cifar_dir}", "--width=1",
@@ -269,10 +260,11 @@ def test_cifar10_entry_points(cifar_dir, tmp_path):
     res = _check_results(os.path.join(out, "results.json"), 5 + 3 + 1)
     assert [(r["name"], r["steps"]) for r in res["rows"][:5]] == [
         ("Natural", 0), ("FGSM", 1), ("PGD", 7), ("PGD", 20), ("CW", 30)]
-    p = _run("experiments.cifar10", f"--workdir={tmp_path / 'x'}", "--dataset=mnist")
+    p = in_process("experiments.cifar10", f"--workdir={tmp_path / 'x'}", "--dataset=mnist")
     assert p.returncode != 0 and "--dataset must be one of ('cifar10',)" in p.stderr
 
 
+@pytest.mark.slow
 def test_compare_training_entry_point(idx_dir, tmp_path):
     """One method end to end: training with EMA and validation, the last / averaged / best
     weights under clean, PGD and AutoAttack, the table, the JSON and both plots; a rerun
@@ -299,7 +291,7 @@ def test_compare_training_entry_point(idx_dir, tmp_path):
         assert os.path.getsize(os.path.join(root, png)) > 5000
     cfg = json.load(open(os.path.join(root, "fast_at", "config.json")))
     assert cfg["train_attack"] == "fgsm_rs" and cfg["ema_decay"] == 0.5
-    p = _run(*args)
+    p = in_process(*args)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "step 2/4" not in p.stdout + p.stderr  # nothing retrained
     strip = lambda rows: [{k: v for k, v in r.items() if k != "eval_s"} for r in rows]  # noqa
@@ -308,9 +300,10 @@ def test_compare_training_entry_point(idx_dir, tmp_path):
 
 
 def test_compare_training_errors(tmp_path):
-    p = _run("experiments.compare_training", f"--root={tmp_path}", "--methods=natural,mart")
+    p = in_process("experiments.compare_training", f"--root={tmp_path}",
+                   "--methods=natural,mart")
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: methods")
-    p = _run("experiments.compare_training", f"--root={tmp_path}", "--methods=madry:2")
+    p = in_process("experiments.compare_training", f"--root={tmp_path}", "--methods=madry:2")
     assert p.returncode == 1 and "trades:BETA" in p.stderr
-    p = _run("experiments.compare_training", f"--root={tmp_path}", "--dataset=cifar10")
+    p = in_process("experiments.compare_training", f"--root={tmp_path}", "--dataset=cifar10")
     assert p.returncode != 0 and "--dataset" in p.stderr

@@ -74,6 +74,7 @@ def _linear(key, num_classes, shape=(6, 6, 1)):
     return (lambda z: z.reshape(z.shape[0], -1) @ w), w
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("targeted", [True, False])
 def test_linear_model_minimal_perturbation(norm, targeted):
@@ -111,6 +112,7 @@ def test_linear_model_minimal_perturbation(norm, targeted):
     assert float(attacks.NORMS[norm].distance(out - x).max()) <= eps + 1e-6
 
 
+@pytest.mark.slow
 def test_final_search_shrinks_and_stays_adversarial():
     f, _ = _linear(jax.random.PRNGKey(3), 10)
     x = 0.4 + 0.2 * jax.random.uniform(jax.random.PRNGKey(4), (16, 6, 6, 1))

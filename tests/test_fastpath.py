@@ -83,6 +83,7 @@ def _batch(shape, seed=1, classes=10):
             jax.random.randint(ky, (shape[0],), 0, classes))
 
 
+@pytest.mark.slow
 def test_stock_flax_model_same_function_and_rewritten():
     fn = _stock_flax()
     x, y = _batch((4, 20, 20, 3))
@@ -124,6 +125,7 @@ def _haiku_style(params, x):
     return x.reshape(x.shape[0], -1) @ params["dense"]
 
 
+@pytest.mark.slow
 def test_hand_written_lax_model_nchw_groups_dilation_padding():
     params = _haiku_style_params(jax.random.PRNGKey(2))
     fn = functools.partial(_haiku_style, params)
@@ -136,6 +138,7 @@ def test_hand_written_lax_model_nchw_groups_dilation_padding():
     assert "conv_general_dilated" in prims
 
 
+@pytest.mark.slow
 def test_nested_jit_and_remat_are_rewritten_inside():
     fn = _stock_flax()
     inner = jax.jit(fn)
@@ -146,6 +149,7 @@ def test_nested_jit_and_remat_are_rewritten_inside():
     assert "select_and_scatter_add" not in prims
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,window", [
     ((2, 6, 6, 3), (1, 2, 2, 1)),      # NHWC 2x2 (layers.max_pool_2x2)
     ((2, 3, 7, 7), (1, 1, 2, 2)),      # NCHW, odd size
@@ -195,6 +199,7 @@ def test_randomised_model_pytree_outputs_and_untraceable_fallback():
                                   np.asarray(x * 2.0))
 
 
+@pytest.mark.slow
 def test_auto_switches(monkeypatch):
     fn = _stock_flax()
     monkeypatch.delenv(fastpath.ENV_VAR, raising=False)
@@ -220,6 +225,7 @@ def _attack_outputs(fn, x, y):
     )
 
 
+@pytest.mark.slow
 def test_attacks_with_and_without_the_rewrite_agree(monkeypatch):
     fn = _stock_flax()
     x, y = _batch((4, 20, 20, 3))

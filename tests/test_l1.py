@@ -40,6 +40,7 @@ def _qp_projection(x, z, eps, lo=0.0, hi=1.0):
     return x + res.x[:n] - res.x[n:]
 
 
+@pytest.mark.slow
 def test_projection_matches_a_qp_solver():
     rng = np.random.default_rng(0)
     for trial in range(12):
@@ -76,6 +77,7 @@ def test_projection_hand_made_cases():
     np.testing.assert_allclose(proj([0.2, 0.0], [0.3, -1.0], 5.0), [0.3, 0.0], atol=1e-7)
 
 
+@pytest.mark.slow
 def test_projection_batched_idempotent_and_per_example_eps():
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.uniform(k1, (6, 8, 8, 1))
@@ -123,6 +125,7 @@ def _greedy_optimum(w, x, eps):
     return gain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgd", "apgd"])
 def test_linear_model_reaches_the_greedy_optimum(method):
     w, f = _linear(0)
@@ -154,6 +157,7 @@ def _fooled(f, x_adv, y):
     return np.asarray(jnp.argmax(f(x_adv), -1) != y)
 
 
+@pytest.mark.slow
 def test_apgd_l1_invariants_restarts_and_largereps(batch):
     x, y, f = batch
     eps = 1.0
@@ -175,6 +179,7 @@ def test_apgd_l1_invariants_restarts_and_largereps(batch):
         apgd.apgd(f, x, y, k, eps=eps, norm="linf", use_largereps=True)
 
 
+@pytest.mark.slow
 def test_fab_l1_projection_matches_an_lp():
     rng = np.random.default_rng(1)
     for trial in range(10):
@@ -197,6 +202,7 @@ def test_fab_l1_projection_matches_an_lp():
         assert np.all(t + got >= -1e-6) and np.all(t + got <= 1 + 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["fab", "square", "pgd"])
 def test_other_l1_attacks_stay_in_the_threat_model(batch, attack):
     x, y, f = batch
@@ -213,6 +219,7 @@ def test_other_l1_attacks_stay_in_the_threat_model(batch, attack):
     assert 0 < _fooled(f, x_adv, y).sum()
 
 
+@pytest.mark.slow
 def test_l1_sweep_curves(batch):
     """Every sweep attack in L1: validated points, accuracy 1 at eps 0 for clean-correct inputs."""
     x, y, f = batch
@@ -224,6 +231,7 @@ def test_l1_sweep_curves(batch):
         assert curve.accuracy[0] == 1.0 and curve.accuracy[2] <= curve.accuracy[0], name
 
 
+@pytest.mark.slow
 def test_l1_ensemble_and_the_l1_check(batch):
     x, y, f = batch
     res = autoattack.autoattack(f, np.asarray(x), np.asarray(y), eps=1.0, norm="l1",
@@ -247,6 +255,7 @@ def test_l1_ensemble_and_the_l1_check(batch):
                               num_steps=4)
 
 
+@pytest.mark.slow
 def test_l1_training_config(idx_dir, tmp_path):
     base = dict(data_dir=idx_dir, width=1, steps=2, batch_size=10, attack_steps=3,
                 attack_step_size=1.0, eps=4.0, train_norm="l1", checkpoint_every=2,

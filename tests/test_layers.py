@@ -20,6 +20,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding,dn,rhs_dil", CASES)
 def test_matches_lax_values_and_vjp(lhs_shape, rhs_shape, strides, padding, dn, rhs_dil):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -42,6 +43,7 @@ def test_matches_lax_values_and_vjp(lhs_shape, rhs_shape, strides, padding, dn, 
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_input_gradient_inside_fori_loop_and_second_order():
     lhs = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
     rhs = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 6, 6)) * 0.1

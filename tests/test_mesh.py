@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from entry import fast_compile_env
 from robustjax import mesh
 
 
@@ -21,7 +22,7 @@ def test_padding_placement_and_gather_on_one_device():
     out = mesh.to_host(g, 10)
     np.testing.assert_array_equal(out, a)
     np.testing.assert_array_equal(mesh.to_host(g)[10:], np.stack([a[-1], a[-1]]))
-    assert mesh.padded_size(10, m) == 10 * m.size // m.size
+    assert mesh.padded_size(10, m) == 10  # one device: nothing to pad
     with pytest.raises(ValueError, match="devices"):
         mesh.make_mesh([])
 
@@ -52,16 +53,18 @@ def test_initialize_checks_its_arguments():
 SCRIPT = r'''
 import functools
 import jax, jax.numpy as jnp, numpy as np
-from conftest import train_natural, _separable_digits
+from conftest import train_natural, stand_in_digits
 from robustjax import attacks, autoattack, evaluate, landscape, mesh, suite, sweeps, validation
 
 assert jax.device_count() == 4, jax.devices()
-xtr, ytr = _separable_digits(1500, 0)
-xte, yte = _separable_digits(37, 1)  # 37: every evaluation pads a batch
+xtr, ytr = stand_in_digits(1500, 0)
+xte, yte = stand_in_digits(37, 1)  # 37: every evaluation pads a batch
 digits = (xtr / 255.0, ytr, xte / 255.0, yte)
 t = train_natural(digits, width=1, epochs=2)
 f, x, y = t.logits_fn, xte.astype(np.float32) / 255.0, yte
 one, four = mesh.make_mesh(jax.devices()[:1]), mesh.make_mesh()
+assert [mesh.padded_size(n, four) for n in (1, 4, 37, 40)] == [4, 4, 40, 40]
+assert [mesh.padded_size(n, one) for n in (1, 37)] == [1, 37]
 key = jax.random.PRNGKey(3)
 eps = 0.04
 
@@ -123,10 +126,11 @@ print("OK")
 '''
 
 
+@pytest.mark.slow
 def test_five_evaluations_equal_on_one_and_four_devices():
     """Each evaluation gives the same per-example results on 1 and on 4 (simulated) devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    env = fast_compile_env(JAX_NUM_CPU_DEVICES="4",
+                           PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     p = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                        text=True, timeout=900, cwd=REPO)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]

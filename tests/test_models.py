@@ -80,6 +80,7 @@ def small_resnet():
     return m, m.init(jax.random.PRNGKey(0), x, train=False), x
 
 
+@pytest.mark.slow
 def test_cifar_batch_norm_modes(small_resnet):
     m, v, x = small_resnet
     # Eval mode: running statistics, no mutation, per-example (batch-independent) outputs.
@@ -102,6 +103,7 @@ def test_cifar_batch_norm_modes(small_resnet):
                                0.1 * feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda f: models.MnistCNN(2, loop_friendly=f),
                                   lambda f: models.CifarResNet(1, loop_friendly=f)])
 def test_loop_friendly_same_function_and_gradients(make):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from entry import fast_compile_env
 from robustjax import workdir as _workdir
 
 TRAIN = ["--width=1", "--steps=8", "--batch_size=20", "--attack_steps=2", "--log_every=1",
@@ -27,10 +28,11 @@ TRAIN = ["--width=1", "--steps=8", "--batch_size=20", "--attack_steps=2", "--log
          "--val_attack_steps=2"]
 TIMEOUT = 300
 
+pytestmark = pytest.mark.slow
+
 
 def _env(devices: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-                PYTHONUNBUFFERED="1")
+    return fast_compile_env(JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED="1")
 
 
 def _port() -> int:
@@ -168,7 +170,7 @@ def test_autoattack_and_table_across_two_processes_equal_one_process(reference, 
         assert r1[k] == r2[k], k
     assert r1["clean_acc"] > 0
     # A table (natural + AutoAttack rows, the worst case) written by process 0 alone.
-    table = ["--examples=12", "--suite=autoattack", "--batch_size=8"]
+    table = ["--examples=20", "--suite=autoattack", "--batch_size=8"]  # the programs above
     _run_one("experiments.mnist_table", f"--workdir={reference}", f"--output_dir={one}/t",
              *table)
     outs = _wait(_launch("experiments.mnist_table", f"--workdir={reference}",

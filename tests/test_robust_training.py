@@ -49,6 +49,7 @@ def test_trades_loss_matches_numpy():
     np.testing.assert_allclose(trades.kl_divergence(clean, clean), 0.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trades_with_beta_zero_is_natural_training(idx_dir):
     """With beta = 0 the TRADES step's parameter update equals natural training's."""
     images, labels = data.load(_tiny(idx_dir).dataset, "train", _tiny(idx_dir).data_dir)
@@ -158,6 +159,7 @@ def _eval_log(path):
             for line in open(path)]
 
 
+@pytest.mark.slow
 def test_resume_with_ema_and_validation_equals_uninterrupted(idx_dir, tmp_path):
     cfg = _tiny(idx_dir, objective="trades", ema_decay=0.7, eval_every=2, val_examples=40,
                 val_attack_steps=2, steps=6, checkpoint_every=6)
@@ -251,6 +253,7 @@ def test_bad_options(field, value):
         train.TrainConfig(objective="trades", train_attack="fgsm_rs").validate()
 
 
+@pytest.mark.slow
 def test_load_model_refuses_weights_the_run_does_not_keep(idx_dir, tmp_path):
     cfg = _tiny(idx_dir, steps=2, train_attack="none")
     train.train_and_evaluate(cfg, str(tmp_path), evaluate=False)

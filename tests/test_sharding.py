@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+from entry import fast_compile_env
 
 SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
@@ -69,11 +72,10 @@ print("OK", float(m1["loss"]), float(m8["loss"]), float(np.mean(adv1 != adv8)))
 '''
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
-               " --xla_force_host_platform_device_count=8",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    env = fast_compile_env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
     p = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                        text=True, timeout=900, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]

@@ -52,6 +52,7 @@ def batch():
     return x, jnp.argmax(f(x), -1).astype(jnp.int32), f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
 def test_invariants(batch, norm, eps):
     x, y, f = batch
@@ -98,6 +99,7 @@ def test_square_never_calls_the_gradient(batch):
         attacks.pgd(trap, x, y, jax.random.PRNGKey(0), eps=0.05, step_size=0.01, num_steps=2)
 
 
+@pytest.mark.slow
 def test_square_breaks_a_model_whose_gradients_are_zero(natural_model):
     """Gradient masking in its plainest form: stop_gradient on the input. PGD then never
     moves from its random start, while the gradient-free Square attack still breaks most

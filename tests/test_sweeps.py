@@ -18,6 +18,7 @@ def data():
     return f, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack,norm", [("fgsm", "linf"), ("pgd", "l2"),
                                          ("apgd", "linf"), ("apgd_t", "l2"),
                                          ("square", "linf"), ("square", "l2")])

@@ -26,16 +26,19 @@ def _probe():
     return jax.random.uniform(jax.random.PRNGKey(9), (4, 28, 28, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog, schedule):
     cfg = _tiny(idx_dir, lr_schedule=schedule)
     # Interrupted at step 3 (not a checkpoint multiple: stop_after saves one),
     # then the same call again.
+    # Evaluation is test_progress_files_and_results's.
     cfg = dataclasses.replace(cfg, checkpoint_every=2)
-    train.train_and_evaluate(cfg, str(tmp_path / "straight"))
-    assert train.train_and_evaluate(cfg, str(tmp_path / "resumed"), stop_after=3) is None
+    train.train_and_evaluate(cfg, str(tmp_path / "straight"), evaluate=False)
+    assert train.train_and_evaluate(cfg, str(tmp_path / "resumed"), stop_after=3,
+                                    evaluate=False) is None
     with caplog.at_level(logging.INFO, logger="robustjax"):
-        train.train_and_evaluate(cfg, str(tmp_path / "resumed"))
+        train.train_and_evaluate(cfg, str(tmp_path / "resumed"), evaluate=False)
     assert "resumed from step 3" in caplog.text
     # metrics.jsonl reads as if the run had never stopped (no repeated steps).
     steps = [json.loads(l)["step"] for l in open(tmp_path / "resumed" / "metrics.jsonl")]
@@ -49,6 +52,7 @@ def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog, schedule):
     assert not np.allclose(fresh.apply({"params": p0}, _probe()), a)
 
 
+@pytest.mark.slow
 def test_progress_files_and_results(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     res = train.train_and_evaluate(_tiny(idx_dir), wd)
@@ -69,6 +73,7 @@ def test_progress_files_and_results(idx_dir, tmp_path):
     assert json.load(open(os.path.join(wd, "config.json")))["width"] == 1
 
 
+@pytest.mark.slow
 def test_train_step_is_the_danskin_step(idx_dir):
     """Params move by the optimizer applied to grad_theta L(theta, x_adv, y), x_adv =
     PGD(theta) held fixed, on adversarial examples only. (For L-inf PGD the
@@ -134,6 +139,7 @@ def test_bad_config(field, value):
         train.TrainConfig(**{field: value}).validate()
 
 
+@pytest.mark.slow
 def test_rerun_with_other_settings_is_refused(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     train.train_and_evaluate(_tiny(idx_dir, steps=2), wd)
@@ -153,16 +159,18 @@ def test_metrics_after_the_restored_checkpoint_are_dropped(tmp_path):
     assert [json.loads(l)["step"] for l in open(path)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_give_the_same_run(idx_dir, tmp_path):
     """steps_per_call=4 (a lax.scan over steps) against one step per call: the same
     metrics.jsonl and parameters, with log (3) and checkpoint (5) steps that split calls,
     and a resume from the stop_after checkpoint in the middle of a call."""
     cfg = _tiny(idx_dir, steps=11, log_every=3, checkpoint_every=5, eval_examples=20,
                 eval_batch_size=20)
-    train.train_and_evaluate(cfg, str(tmp_path / "one"))
+    train.train_and_evaluate(cfg, str(tmp_path / "one"), evaluate=False)
     multi = dataclasses.replace(cfg, steps_per_call=4)
-    assert train.train_and_evaluate(multi, str(tmp_path / "multi"), stop_after=6) is None
-    train.train_and_evaluate(multi, str(tmp_path / "multi"))
+    assert train.train_and_evaluate(multi, str(tmp_path / "multi"), stop_after=6,
+                                    evaluate=False) is None
+    train.train_and_evaluate(multi, str(tmp_path / "multi"), evaluate=False)
 
     def metrics(name):
         recs = [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl")]

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, random_mlp
+from conftest import REPO, TINY_FLAGS, random_mlp
+from entry import fast_compile_env, in_process
 from robustjax import suite, train, workdir
 
 TINY = dict(width=1, batch_size=20, attack_steps=2, log_every=1, eval_examples=20,
@@ -27,16 +28,19 @@ def _cfg(idx_dir, **kw):
 
 
 def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    return fast_compile_env(PYTHONPATH=str(REPO))
+
+
+def _mnist_flags(wd, idx_dir, *flags):
+    """The shared tiny run's flags (programs the compilation cache already holds)."""
+    return [f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1", *TINY_FLAGS, *flags]
 
 
 def _mnist_cli(wd, idx_dir, *flags):
-    args = [f"--workdir={wd}", f"--data_dir={idx_dir}", "--width=1", "--batch_size=20",
-            "--attack_steps=2", "--log_every=1", "--eval_examples=20",
-            "--eval_batch_size=20", "--eval_attack_steps=2", *flags]
-    return [sys.executable, "-m", "experiments.mnist", *args]
+    return [sys.executable, "-m", "experiments.mnist", *_mnist_flags(wd, idx_dir, *flags)]
 
 
+@pytest.mark.slow
 def test_one_owner_per_workdir(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -64,17 +68,18 @@ def _largest_file(d):
     return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_moved_aside_and_an_older_one_used(idx_dir, tmp_path, caplog):
     wd = str(tmp_path / "run")
     cfg = _cfg(idx_dir, steps=4, checkpoint_every=2)
-    train.train_and_evaluate(cfg, wd, stop_after=4)
+    train.train_and_evaluate(cfg, wd, stop_after=4, evaluate=False)
     ckpt = os.path.join(wd, "checkpoints")
     assert sorted(os.listdir(ckpt)) == ["2", "4"]
     victim = _largest_file(os.path.join(ckpt, "4"))
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
     with caplog.at_level(logging.INFO, logger="robustjax"):
-        res = train.train_and_evaluate(dataclasses.replace(cfg, steps=5), wd)
+        res = train.train_and_evaluate(dataclasses.replace(cfg, steps=5), wd, evaluate=False)
     assert "checkpoint" in caplog.text and os.path.join(ckpt, "4") in caplog.text
     assert "resumed from step 2" in caplog.text and res["training"]["final_step"] == 5
     moved = os.listdir(os.path.join(wd, "damaged_checkpoints"))
@@ -88,9 +93,10 @@ def test_damaged_checkpoint_is_moved_aside_and_an_older_one_used(idx_dir, tmp_pa
         with open(victim, "r+b") as f:
             f.truncate(1)
     with pytest.raises(workdir.CheckpointError, match="to start over"):
-        train.train_and_evaluate(dataclasses.replace(cfg, steps=6), wd)
+        train.train_and_evaluate(dataclasses.replace(cfg, steps=6), wd, evaluate=False)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_the_rerun_resumes(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     proc = subprocess.Popen(_mnist_cli(wd, idx_dir, "--steps=100000", "--checkpoint_every=1000"),
@@ -107,17 +113,17 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes(idx_dir, tmp_path)
     assert "preempted: stopped by SIGTERM at step" in err and "Traceback" not in err
     step = int(err.split("at step ")[1].split(";")[0])
     assert step >= 3 and os.listdir(os.path.join(wd, "checkpoints")) == [str(step)]
-    p = subprocess.run(_mnist_cli(wd, idx_dir, f"--steps={step + 1}"), cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    p = in_process("experiments.mnist", *_mnist_flags(wd, idx_dir, f"--steps={step + 1}"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"resumed from step {step}" in p.stdout and f"step {step + 1}/{step + 1}" in p.stdout
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_the_step_and_keeps_the_last_finite_checkpoint(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     cfg = _cfg(idx_dir, steps=30, checkpoint_every=1, lr=1e12, train_attack="none")
     with pytest.raises(train.Diverged, match=r"at step (\d+)") as info:
-        train.train_and_evaluate(cfg, wd)
+        train.train_and_evaluate(cfg, wd, evaluate=False)
     bad = int(info.value.args[0].split("at step ")[1].split(";")[0])
     run = workdir.load_run(wd)
     assert 1 <= run.step < bad
@@ -154,19 +160,18 @@ def test_interrupted_suite_resumes_with_the_same_rows(tmp_path):
     assert all(os.stat(os.path.join(rows_dir, n)).st_mtime_ns != t for n, t in stamps.items())
 
 
+@pytest.mark.slow
 def test_command_line_errors(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
-    p = subprocess.run(_mnist_cli(wd, str(tmp_path / "missing"), "--steps=1"), cwd=REPO,
-                       env=_env(), capture_output=True, text=True, timeout=300)
+    missing = str(tmp_path / "missing")
+    p = in_process("experiments.mnist", *_mnist_flags(wd, missing, "--steps=1"))
     assert p.returncode == 1 and p.stderr.startswith("error: ") and "missing" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-    p = subprocess.run(_mnist_cli(wd, str(tmp_path / "missing"), "--steps=1"), cwd=REPO,
-                       env=dict(_env(), ROBUSTJAX_TRACEBACK="1"), capture_output=True,
-                       text=True, timeout=300)
+    p = in_process("experiments.mnist", *_mnist_flags(wd, missing, "--steps=1"),
+                   env={"ROBUSTJAX_TRACEBACK": "1"})
     assert p.returncode == 1 and "Traceback" in p.stderr and "DataError" in p.stderr
     # Ranges and choices are absl validators: checked when the flags are parsed.
     for bad in ("--eps=-1", "--steps=0", "--optimizer=sgd"):
-        p = subprocess.run(_mnist_cli(wd, idx_dir, bad), cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+        p = in_process("experiments.mnist", *_mnist_flags(wd, idx_dir, bad))
         assert p.returncode == 1 and bad.split("=")[0] in p.stderr, (bad, p.stderr)
         assert "Traceback" not in p.stderr and not os.path.exists(wd)

@@ -50,6 +50,7 @@ def _import_robustjax(mode="", **env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(xla_defaults._jaxlib_version() < xla_defaults._MIN_JAXLIB,
                     reason="jaxlib older than the one the defaults were measured with")
 def test_import_adds_defaults_before_the_backend_starts_and_keeps_users_flags():

@@ -62,6 +62,7 @@ def _rel_err(got, want):
     return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
 
 
+@pytest.mark.slow
 def test_every_architecture_equals_its_pytorch_original(ref):
     """Random weights and BN statistics; one forward each; logits to 1e-4 relative."""
     for arch, kw, make in _cases(ref):
@@ -80,6 +81,7 @@ def _meta_state_shapes(model_fn):
             if not k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.slow
 def test_published_sizes_have_the_originals_parameters(ref):
     """Full-size WRN-28-10 ... WRN-106-16: every key and shape of the reference's state_dict
     (built on torch's meta device, so nothing is allocated)."""
@@ -300,6 +302,7 @@ def _reference_normalisation(expr, classes, ns):
     return None
 
 
+@pytest.mark.slow
 def test_registry_matches_robustbench_definitions(ref):
     """Each entry's architecture, options, classes and normalisation against robustbench
     1.1.1's own model_zoo entry, built on torch's meta device: the same state_dict keys and
@@ -348,15 +351,16 @@ def test_registry_id_loads_with_its_normalisation(ref, tmp_path):
 
 
 def _run(*args):
-    import subprocess
-    import sys
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, "-m", "experiments.benchmark", *args], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=600)
+    from entry import subprocess_run
+    return subprocess_run("experiments.benchmark", *args)
 
 
+def _here(*args):
+    from entry import in_process
+    return in_process("experiments.benchmark", *args)
+
+
+@pytest.mark.slow
 def test_benchmark_entry_point(small_wrn, cifar_dir, tmp_path):
     """End to end on generated CIFAR-shaped data with a tiny WRN; a rerun resumes."""
     import json
@@ -376,17 +380,18 @@ def test_benchmark_entry_point(small_wrn, cifar_dir, tmp_path):
     assert float(res["autoattack_acc"]) <= float(res["clean_acc"])
     assert res["reported"] is None  # an architecture name has no reported figures
     assert "| AutoAttack |" in open(tmp_path / "benchmark.md").read()
-    again = _run(*args)  # every attack's state is stored: the rerun resumes, same result
+    again = _here(*args)  # every attack's state is stored: the rerun resumes, same result
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.load(open(tmp_path / "benchmark.json"))["accuracy_after"] == res["accuracy_after"]
-    listing = _run("--list")
+    listing = _here("--list")
     assert listing.returncode == 0 and "Gowal2020Uncovering_70_16_extra" in listing.stdout
     for bad, what in (("--model=NoSuch2099", "neither an architecture"),
                       (f"--checkpoint={tmp_path}/none.pt", "file not found")):
-        p = _run(*[a for a in args if not a.startswith(bad.split("=")[0])], bad)
+        p = _here(*[a for a in args if not a.startswith(bad.split("=")[0])], bad)
         assert p.returncode == 1 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+@pytest.mark.slow
 def test_loaded_model_composes_with_attacks_suite_sweeps_landscape():
     """zoo.load's logits_fn is an ordinary robustjax logits_fn (jit, vmap, grad inside)."""
     from robustjax import attacks, landscape, suite, sweeps
