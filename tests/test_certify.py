@@ -11,6 +11,8 @@ import pytest
 
 from robustjax import attacks, bracket, certify, layers, models, train
 
+from conftest import mnist_available
+
 RTOL = 1e-5
 METHODS = certify.METHODS
 
@@ -212,9 +214,12 @@ def test_certified_training_resume_equals_uninterrupted(idx_dir, tmp_path):
 @pytest.mark.slow
 def test_certified_training_raises_the_certified_accuracy(idx_dir, tmp_path):
     from robustjax import data
-    cfg = _tiny_ibp(idx_dir, steps=150, batch_size=50, eps=0.1, train_eps=0.1,
+    # The generated stand-in digits (no ../shared) need longer IBP training for the same
+    # bar: measured 3% certified after 150 steps, passing after 400.
+    steps = 150 if mnist_available() else 400
+    cfg = _tiny_ibp(idx_dir, steps=steps, batch_size=50, eps=0.1, train_eps=0.1,
                     eps_ramp_start=20, eps_ramp_steps=60, ema_decay=0.0, log_every=50,
-                    checkpoint_every=150)
+                    checkpoint_every=steps)
     train.train_and_evaluate(cfg, str(tmp_path / "ibp"), evaluate=False)
     nat = dataclasses.replace(cfg, objective="madry", train_attack="none")
     train.train_and_evaluate(nat, str(tmp_path / "nat"), evaluate=False)
@@ -222,7 +227,7 @@ def test_certified_training_raises_the_certified_accuracy(idx_dir, tmp_path):
     x, y = x[:200].astype(np.float32) / 255.0, y[:200]
     got = {k: float(np.mean(certify.certified(train.load_model(str(tmp_path / k)), x, y,
                                               eps=0.1))) for k in ("ibp", "nat")}
-    # 150 steps of IBP training: some digits certified at 0.1; natural training: none.
+    # IBP training: some digits certified at 0.1; natural training: none.
     assert got["ibp"] >= 0.1 and got["nat"] <= got["ibp"] - 0.1, got
 
 
