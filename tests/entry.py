@@ -7,7 +7,7 @@ without paying a Python start, the imports and cold compiles. Every entry
 point module defines its own flags (many share names), so the experiments
 package is imported afresh, with its flags removed first, for each call.
 
-``subprocess_run`` is the real thing, kept (once per entry point) for the
+``subprocess_run`` is the real thing, kept (at least once per entry point) for the
 exit-status contract and for what only a process shows (signals, devices).
 
 Real processes compile with XLA's backend optimisation level 0
