@@ -35,7 +35,7 @@ def peer_result(logits_fn, x, y, x_adv, cap: Capture, seconds: float, *, eps, no
     import jax
     import numpy as np
 
-    from robustjax import evaluate
+    from robustjax.evaluation import accuracy as evaluate
 
     checks = jax.tree_util.tree_map(np.asarray, evaluate.adversarial_checks(
         logits_fn, x, y.astype(np.int32), x_adv, norm=norm))

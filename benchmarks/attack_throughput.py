@@ -18,7 +18,7 @@ Commands (figures in benchmarks/RESULTS.md):
 
 XLA presets (CPU only):
 
-  tuned    robustjax's defaults (robustjax/xla_defaults.py, added when robustjax
+  tuned    robustjax's defaults (robustjax/runtime/xla_defaults.py, added when robustjax
            is imported: --xla_cpu_experimental_ynn_fusion_type=dot; YNNPACK keeps
            the matmuls, convolutions go to XLA's multi-threaded Eigen kernels).
   default  JAX's own settings (ROBUSTJAX_XLA_DEFAULTS=0).
@@ -79,7 +79,8 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from robustjax import attacks, models
+    from robustjax.attacks import first_order as attacks
+    from robustjax.models import paper as models
 
     try:
         import torch

@@ -2,7 +2,7 @@ r"""robustjax's AutoAttack against the official one (pyautoattack 0.2.0), same m
 
 The official code is fra31/auto-attack packaged for PyPI as ``pyautoattack``
 (the ``bench`` extra installs it). Both evaluate one trained ``MnistCNN``
-workdir: robustjax through :func:`robustjax.autoattack.autoattack`, the
+workdir: robustjax through :func:`robustjax.evaluation.autoattack.autoattack`, the
 official code on the same weights copied into PyTorch (the logits are
 checked to agree). Same test digits, same batch size, same thread count, in
 one process, one after the other. Printed and written to ``--json_out``:
@@ -72,7 +72,9 @@ def main(argv):
     import numpy as np
 
     from experiments.log_setup import setup_logging
-    from robustjax import autoattack, data, train
+    from robustjax.evaluation import autoattack
+    from robustjax.data import datasets as data
+    from robustjax import training as train
 
     try:
         import torch

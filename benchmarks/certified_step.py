@@ -3,7 +3,7 @@ alpha-CROWN's margin bounds.
 
   python -m benchmarks.certified_step [--arch=dm_small] [--batch=100] [--repeats=5]
 
-Times ``robustjax.certify.certified_loss`` (Gowal et al. 2018; Zhang et al. 2020) on random
+Times ``robustjax.certify.verifier.certified_loss`` (Gowal et al. 2018; Zhang et al. 2020) on random
 MNIST-shaped inputs at eps 0.3, jitted, as the mean of ``--repeats`` calls after a warm-up.
 Figures: benchmarks/RESULTS.md, "Certified robustness".
 """
@@ -23,7 +23,8 @@ def main(argv):
     import jax
     import jax.numpy as jnp
 
-    from robustjax import certify, models
+    from robustjax.certify import verifier as certify
+    from robustjax.models import paper as models
 
     m = models.DMCNN(arch=FLAGS.arch)
     x = jax.random.uniform(jax.random.PRNGKey(0), (FLAGS.batch, 28, 28, 1))

@@ -85,9 +85,10 @@ def main(argv):
     import jax
     import numpy as np
 
-    from robustjax import certify, data
+    from robustjax.certify import verifier as certify
+    from robustjax.data import datasets as data
 
-    logging.getLogger("robustjax.certify").setLevel(logging.INFO)
+    logging.getLogger("robustjax.certify.verifier").setLevel(logging.INFO)
     xtr, ytr = data.load("mnist", "train", FLAGS.data_dir)
     xte, yte = data.load("mnist", "test", FLAGS.data_dir)
     xtr = xtr.astype(np.float32) / 255.0

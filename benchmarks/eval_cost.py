@@ -2,7 +2,7 @@ r"""What an evaluation costs per batch and per call: ``robust_accuracy`` with PG
 ``MnistCNN(16)``, split into the attack time per batch and the fixed (compile) time.
 
 ``robust_accuracy`` attacks every example alone (a ``vmap`` over the batch, key
-``fold_in(key, j)``) inside a ``shard_map`` over the mesh (:mod:`robustjax.mesh`).
+``fold_in(key, j)``) inside a ``shard_map`` over the mesh (:mod:`robustjax.runtime.mesh`).
 Run it from two checkouts to compare versions on one machine:
 
   python -m benchmarks.eval_cost --data_dir=../shared/data/mnist-10k
@@ -29,7 +29,10 @@ def main(argv):
     import numpy as np
 
     import robustjax
-    from robustjax import attacks, data, evaluate, models
+    from robustjax.attacks import first_order as attacks
+    from robustjax.data import datasets as data
+    from robustjax.evaluation import accuracy as evaluate
+    from robustjax.models import paper as models
 
     n = _BATCH.value * _BATCHES.value
     if _DATA.value:

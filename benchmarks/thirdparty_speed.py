@@ -10,9 +10,9 @@ APGD, which attacks only correctly classified points, attacks nearly all.
 
 In one process, interleaved, on the same digits and threads:
 
-* PGD-40 (L-inf, eps 0.3, step 0.01, random start): ``robustjax.attacks.pgd``
+* PGD-40 (L-inf, eps 0.3, step 0.01, random start): ``robustjax.attacks.first_order.pgd``
   against PyTorch written the usual way (``autograd.grad`` on the input);
-* APGD-CE, 100 iterations, 1 restart: ``robustjax.apgd.apgd`` against the
+* APGD-CE, 100 iterations, 1 restart: ``robustjax.attacks.apgd.apgd`` against the
   official ``APGDAttack`` of pyautoattack 0.2.0 (fra31/auto-attack) on the
   PyTorch twin;
 * with ``--attacks=fab,square``: FAB-T (100 iterations, one target class)
@@ -20,7 +20,7 @@ In one process, interleaved, on the same digits and threads:
   against the official ``SquareAttack``.
 
 robustjax runs with its defaults (no flag: the fast path of
-:mod:`robustjax.fastpath` and the XLA settings of :mod:`robustjax.xla_defaults`).
+:mod:`robustjax.models.fastpath` and the XLA settings of :mod:`robustjax.runtime.xla_defaults`).
 ``--fast_grad=false`` / ``--xla_preset=default`` turn each off to measure
 what it brings. Also printed: the machine (``lscpu`` model name and ISA), the
 measured fp32 peak (the best of large matmuls in JAX on the same cores), each
@@ -55,7 +55,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved timing repeats (media
 _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
 _XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
                                 "tuned: robustjax's XLA defaults; default: none.")
-_FAST_GRAD = flags.DEFINE_bool("fast_grad", True, "robustjax.fastpath on (its default).")
+_FAST_GRAD = flags.DEFINE_bool("fast_grad", True, "robustjax.models.fastpath on (its default).")
 _PER_LAYER = flags.DEFINE_bool("per_layer", True, "Time each convolution alone too.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
 
@@ -115,7 +115,7 @@ def _torch_twin(params):
 def _digits(n_train, n_test):
     import numpy as np
 
-    from robustjax import data
+    from robustjax.data import datasets as data
     if _DATA_DIR.value:
         xtr, ytr = data.load("mnist", "train", _DATA_DIR.value)
         xte, yte = data.load("mnist", "test", _DATA_DIR.value)
@@ -192,7 +192,7 @@ def _per_layer(batch, steps):
     import jax
     from jax import lax
 
-    from robustjax import layers
+    from robustjax.models import layers
 
     rows = []
     for size, cin, cout in CONVS:
@@ -250,7 +250,10 @@ def main(argv):
     from pyautoattack.fab_pt import FABAttack_PT
     from pyautoattack.square import SquareAttack
 
-    from robustjax import apgd, attacks, fab, square
+    from robustjax.attacks import apgd
+    from robustjax.attacks import first_order as attacks
+    from robustjax.attacks import fab
+    from robustjax.attacks import square
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import os
 def configure_xla(preset: str, threads: int) -> str:
     """Chooses the XLA flags before the JAX backend starts; returns the resulting XLA_FLAGS.
 
-    ``tuned``: robustjax's own defaults (:mod:`robustjax.xla_defaults`, added
+    ``tuned``: robustjax's own defaults (:mod:`robustjax.runtime.xla_defaults`, added
     when robustjax is imported); ``default``: none of them
     (``ROBUSTJAX_XLA_DEFAULTS=0``), i.e. JAX's own settings. ``threads`` > 0
     also caps XLA's intra-op threads. A flag already in the user's XLA_FLAGS

@@ -3,7 +3,7 @@ r"""Cost of one training step per method (natural, Madry PGD-k, TRADES, Fast AT)
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot \
       python -m benchmarks.train_methods_step --data_dir=/usr/share/datasets/fashion-mnist
 
-The step is ``robustjax.train.make_train_step`` with weight averaging on, as in
+The step is ``robustjax.training.make_train_step`` with weight averaging on, as in
 ``experiments.compare_training`` (its defaults: MnistCNN(2), eps 0.1, batch 128,
 PGD-10 of 0.025), run ``--steps_per_call`` steps per jitted call. Methods are
 timed in turn, ``--repeats`` times, and the median milliseconds per step and
@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from robustjax import data, train
-from robustjax.config import TrainConfig
+from robustjax.data import datasets as data
+from robustjax import training as train
+from robustjax.training.config import TrainConfig
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Fashion-MNIST (or MNIST) IDX files.")
 _DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"], "Dataset.")

@@ -1,6 +1,6 @@
 r"""One Madry training step (PGD-k + Adam) on MnistCNN: robustjax against its PyTorch twin.
 
-robustjax's step is ``robustjax.train.make_train_step`` (batch selection,
+robustjax's step is ``robustjax.training.make_train_step`` (batch selection,
 the PGD attack under ``stop_gradient``, the loss on the adversarial batch,
 Adam), run ``--steps_per_call`` steps per jitted call (1, as in training). The twin is the same
 step written the usual way in PyTorch on ``MnistCNN(width)`` with the same
@@ -51,8 +51,9 @@ def main(argv):
     import torch
     import torch.nn.functional as F
 
-    from robustjax import data, train
-    from robustjax.config import TrainConfig
+    from robustjax.data import datasets as data
+    from robustjax import training as train
+    from robustjax.training.config import TrainConfig
 
     torch.set_num_threads(threads)
     x, y = data.load("mnist", "train", _DATA_DIR.value)

@@ -4,7 +4,7 @@ One training step of the paper's CIFAR-10 recipe (Section 4): pad-crop-flip
 augmentation, PGD-7 of step 2/255 with a random start at eps = 8/255 (batch
 norm in eval mode during the attack), then momentum SGD with weight decay 2e-4
 on the kernels, on the adversarial batch in train mode. The robustjax step is
-``robustjax.train.make_train_step`` (one jitted program). The peer is the same
+``robustjax.training.make_train_step`` (one jitted program). The peer is the same
 step written the usual way in PyTorch: the same architecture as an
 ``nn.Module`` (weights copied from robustjax and checked: the logits must
 agree), ``torch.autograd.grad`` with respect to the input for the attack,
@@ -202,7 +202,7 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from robustjax import train
+    from robustjax import training as train
 
     try:
         import torch

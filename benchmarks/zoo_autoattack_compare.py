@@ -110,7 +110,8 @@ def main(argv):
     from pyautoattack import AutoAttack
 
     from experiments.log_setup import setup_logging
-    from robustjax import autoattack, zoo
+    from robustjax import zoo
+    from robustjax.evaluation import autoattack
 
     setup_logging()
     torch.set_num_threads(threads)

@@ -71,7 +71,9 @@ def main(argv):
     setup_logging()
     import numpy as np
 
-    from robustjax import data, mesh, train
+    from robustjax.data import datasets as data
+    from robustjax.runtime import mesh
+    from robustjax import training as train
 
     run = train.load_run(FLAGS.workdir)
     cfg = run.config
@@ -125,7 +127,10 @@ def _evaluate(run, cfg, x, y, norm, eps, out) -> dict:
     """AutoAttack in one threat model; writes OUT/autoattack.json and .md; returns the results."""
     import jax
 
-    from robustjax import autoattack, mesh, suite, train
+    from robustjax.evaluation import autoattack
+    from robustjax.runtime import mesh
+    from robustjax.evaluation import suite
+    from robustjax import training as train
 
     n = len(x)
     t0 = time.time()
@@ -163,7 +168,7 @@ def _evaluate(run, cfg, x, y, norm, eps, out) -> dict:
 
 def _write_summary(outputs: list, root: str) -> None:
     """threat_models.json / .md: clean accuracy, then AutoAttack in each threat model."""
-    from robustjax import suite
+    from robustjax.evaluation import suite
 
     first = outputs[0]
     rows = [first["rows"][0]]

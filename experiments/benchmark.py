@@ -112,7 +112,11 @@ def main(argv):
     import jax
     import numpy as np
 
-    from robustjax import autoattack, data, mesh, suite, zoo
+    from robustjax import zoo
+    from robustjax.evaluation import autoattack
+    from robustjax.data import datasets as data
+    from robustjax.runtime import mesh
+    from robustjax.evaluation import suite
 
     logits_fn = zoo.load(FLAGS.model, FLAGS.checkpoint, dataset=FLAGS.dataset,
                          threat_model=FLAGS.threat_model, mean=_floats("mean"),

@@ -19,7 +19,8 @@ import os
 from absl import flags
 
 from experiments import common, figures
-from robustjax import mesh, train
+from robustjax.runtime import mesh
+from robustjax import training as train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", None, "Sweep over these widths (overrides --width).")

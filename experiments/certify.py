@@ -6,12 +6,12 @@ r"""Certified and attacked robust accuracy of a trained workdir: the bracket on 
 For each eps, on the first N test examples: clean accuracy, PGD-40 (step
 2.5 eps / 40, random start), AutoAttack (standard) — upper bounds on the
 robust accuracy — and the accuracy certified by IBP, CROWN-IBP and CROWN (and
-alpha-CROWN on request; :mod:`robustjax.certify`) — lower bounds. CROWN runs in
+alpha-CROWN on request; :mod:`robustjax.certify.verifier`) — lower bounds. CROWN runs in
 chunks of examples sized to --memory_budget_gib (default: half the free memory).
 Writes O/certify.json (rows in the shared schema, per-eps figures and per-example
 "0101..." strings: clean, each attack, each method) and O/certify.md; O defaults to
 DIR/certify. An example that is certified and yet broken by an attack is a bug:
-the command stops with an error naming it (:func:`robustjax.bracket.check_bracket`).
+the command stops with an error naming it (:func:`robustjax.evaluation.bracket.check_bracket`).
 AutoAttack keeps its finished attacks in O/stages_EPS, so a rerun resumes.
 
 On the 2,000 test digits of shared/data/mnist-10k, the IBP-trained DM-small
@@ -59,7 +59,8 @@ TITLES = dict(pgd="PGD", autoattack="AutoAttack", ibp="IBP-certified",
 
 
 def _parse(cfg):
-    from robustjax import bracket, certify
+    from robustjax.evaluation import bracket
+    from robustjax.certify import verifier as certify
 
     for m in FLAGS.methods:
         if m not in certify.METHODS:
@@ -86,7 +87,9 @@ def main(argv):
                                  data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
-    from robustjax import bracket, suite, train
+    from robustjax.evaluation import bracket
+    from robustjax.evaluation import suite
+    from robustjax import training as train
 
     run = models[0].run
     cfg = run.config
@@ -170,7 +173,7 @@ def _entry(eps, res) -> dict:
 
 def _rows(eps, entry) -> list:
     """Rows in the shared schema: Natural, the attacks, the verifiers, the bracket."""
-    from robustjax import suite
+    from robustjax.evaluation import suite
 
     rows = [suite.AttackSpec("Natural", attack="natural", eps=eps).row(entry["clean_acc"])]
     for name, acc in entry["attacked_acc"].items():

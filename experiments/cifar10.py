@@ -29,7 +29,7 @@ from absl import app
 
 from experiments.cli import one_line_errors
 from experiments import common
-from robustjax.train import train_and_evaluate
+from robustjax.training import train_and_evaluate
 
 CIFAR_DEFAULTS = dict(dataset="cifar10", width=10, eps=8 / 255, attack_steps=7,
                       attack_step_size=2 / 255, optimizer="momentum", lr=0.1,

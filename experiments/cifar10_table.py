@@ -23,7 +23,7 @@ from absl import app, flags
 
 from experiments import tables
 from experiments.cli import one_line_errors
-from robustjax.suite import AttackSpec
+from robustjax.evaluation.suite import AttackSpec
 
 flags.DEFINE_string("source_a_nat", None, "Workdir of A_nat: the same architecture trained "
                     "naturally. Adds its transfer rows.")

@@ -1,7 +1,7 @@
 """Command-line conventions of the entry points: errors as one line and a non-zero exit.
 
 * Configuration and data errors (``ValueError``, which includes
-  ``robustjax.data.DataError``, an invalid adversarial example, a diverged
+  ``robustjax.data.datasets.DataError``, an invalid adversarial example, a diverged
   run and unreadable checkpoints; ``FileNotFoundError``; a workdir in use by
   another process): ``error: <message>`` on stderr and exit status 1.
 * Preemption (SIGTERM during training, after the checkpoint is saved): one
@@ -19,7 +19,7 @@ Several processes: every entry point takes ``--distributed`` (JAX's cluster
 auto-detection: TPU pod slices, SLURM, Open MPI, Kubernetes) or an explicit
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (N
 processes on one machine, or any launcher), and starts ``jax.distributed``
-before anything else (:func:`robustjax.mesh.initialize`). Every process then
+before anything else (:func:`robustjax.runtime.mesh.initialize`). Every process then
 computes on its share of each batch; process 0 alone writes files and prints
 progress (the others log warnings and errors only).
 """
@@ -57,7 +57,7 @@ def start_processes() -> None:
     """Starts jax.distributed from the flags (nothing without them); on process > 0,
     robustjax logs only warnings and errors."""
     from experiments.log_setup import setup_logging
-    from robustjax import mesh
+    from robustjax.runtime import mesh
 
     f = flags.FLAGS
     if f.distributed or f.coordinator_address:
@@ -81,8 +81,8 @@ def start_processes() -> None:
 
 def one_line_errors(main):
     """Wraps an absl ``main(argv)`` with the conventions above."""
-    from robustjax.train import Preempted
-    from robustjax.workdir import WorkdirInUseError
+    from robustjax.training import Preempted
+    from robustjax.training.workdir import WorkdirInUseError
 
     @functools.wraps(main)
     def wrapped(argv):

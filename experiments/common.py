@@ -1,6 +1,6 @@
 """Flags shared by the training entry points, generated from TrainConfig, and flags -> config.
 
-Every :class:`robustjax.config.TrainConfig` field is a flag of the same name,
+Every :class:`robustjax.training.config.TrainConfig` field is a flag of the same name,
 with the field's default and help string; choices become enum flags and the
 field's range an absl validator, so a new field needs one edit (in config.py).
 Tuple fields (``lr_boundaries``, ``eval_attack_steps``) are comma-separated lists.
@@ -14,8 +14,8 @@ import typing
 from absl import app, flags
 
 from experiments.log_setup import setup_logging
-from robustjax.config import TrainConfig
-from robustjax.data import DATASETS
+from robustjax.training.config import TrainConfig
+from robustjax.data.datasets import DATASETS
 
 FLAGS = flags.FLAGS
 FIELDS = dataclasses.fields(TrainConfig)

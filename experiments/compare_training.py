@@ -48,7 +48,9 @@ from absl import app, flags
 
 from experiments import common, figures
 from experiments.cli import one_line_errors
-from robustjax import mesh, suite, train
+from robustjax.runtime import mesh
+from robustjax.evaluation import suite
+from robustjax import training as train
 
 FLAGS = flags.FLAGS
 

@@ -39,7 +39,7 @@ from absl import app, flags
 
 from experiments import figures
 from experiments.cli import one_line_errors
-from robustjax.sweeps import SWEEP_ATTACKS
+from robustjax.evaluation.sweeps import SWEEP_ATTACKS
 
 DEFAULT_EPS = {
     ("mnist", "linf"): [0, .05, .1, .15, .2, .25, .3, .35, .4, .5],
@@ -142,7 +142,8 @@ def markdown(result: dict) -> str:
 
 def _certified_curves(model, x, y, eps, curves) -> dict:
     """The certified curves of --certify, each checked against every attack curve."""
-    from robustjax import bracket, sweeps
+    from robustjax.evaluation import bracket
+    from robustjax.evaluation import sweeps
 
     out = {}
     for method in FLAGS.certify:
@@ -167,7 +168,8 @@ def main(argv):
                                  data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
-    from robustjax import mesh, sweeps
+    from robustjax.runtime import mesh
+    from robustjax.evaluation import sweeps
 
     cfg = models[0].run.config
     eps = _eps_list(cfg.dataset, FLAGS.norm)

@@ -36,7 +36,7 @@ def start(argv, *, workdir: str, natural_workdir: str | None, data_dir: str | No
 
 def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:
     """The workdir's model, then the natural one if given; they must share a dataset."""
-    from robustjax import train
+    from robustjax import training as train
 
     if not workdir:
         raise app.UsageError("--workdir (a trained model's workdir) is required")
@@ -66,7 +66,7 @@ def _label(run) -> str:
 
 def test_data(run, data_dir: str | None, examples: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``examples`` test images of the run's dataset, floats in [0, 1] (-1: all)."""
-    from robustjax import data
+    from robustjax.data import datasets as data
 
     if examples == 0 or examples < -1:
         raise app.UsageError(f"--examples must be -1 (all) or positive, got {examples}")

@@ -125,7 +125,8 @@ def main(argv):
                                  data_dir=FLAGS.data_dir, examples=FLAGS.examples)
     import jax
 
-    from robustjax import landscape, mesh
+    from robustjax.evaluation import landscape
+    from robustjax.runtime import mesh
 
     cfg = models[0].run.config
     eps = cfg.eps if FLAGS.eps is None else FLAGS.eps

@@ -28,7 +28,7 @@ from absl import app
 
 from experiments.cli import one_line_errors
 from experiments import common
-from robustjax.train import train_and_evaluate
+from robustjax.training import train_and_evaluate
 
 
 @one_line_errors

@@ -31,7 +31,7 @@ from absl import app, flags
 
 from experiments import tables
 from experiments.cli import one_line_errors
-from robustjax.suite import AttackSpec
+from robustjax.evaluation.suite import AttackSpec
 
 flags.DEFINE_string("source_b", None, "Workdir of B: a naturally trained model of another "
                     "architecture or width. Adds its transfer rows.")

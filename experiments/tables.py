@@ -1,6 +1,6 @@
 """Shared flags and runner of the table entry points (paper Tables 1 and 2).
 
-Each finished row is kept in OUTPUT_DIR/rows (robustjax.rowstore): an
+Each finished row is kept in OUTPUT_DIR/rows (robustjax.runtime.rowstore): an
 interrupted table resumes when the same command is rerun, skipping the rows
 already done, with the same result as an uninterrupted run.
 """
@@ -14,7 +14,10 @@ import jax
 from absl import app, flags
 
 from experiments.log_setup import setup_logging
-from robustjax import data, mesh, suite, train
+from robustjax.data import datasets as data
+from robustjax.runtime import mesh
+from robustjax.evaluation import suite
+from robustjax import training as train
 
 FLAGS = flags.FLAGS
 
@@ -63,7 +66,8 @@ def certified_rows(logits_fn, x, y, eps: float, worst_case_correct) -> list:
     """Rows of the accuracy certified at ``eps`` (L-inf) by IBP and CROWN-IBP, bracket-checked."""
     import numpy as np
 
-    from robustjax import bracket, certify
+    from robustjax.evaluation import bracket
+    from robustjax.certify import verifier as certify
 
     rows = []
     for method, title in CERTIFIED_TITLES.items():

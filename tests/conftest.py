@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 
-from robustjax import data, models  # noqa: E402
+from robustjax.data import datasets as data  # noqa: E402
+from robustjax.models import paper as models
 
 # Also when a plugin imported JAX before this file set the environment.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
@@ -194,8 +195,8 @@ class PgdBaselines(NamedTuple):
 def pgd_baselines(natural_model, tmp_path_factory) -> PgdBaselines:
     """PGD-100 and PGD-100 x 5 on 200 real test digits at eps 0.06 against the natural model:
     the bar the AutoAttack tests hold APGD, APGD-T and the ensemble to."""
-    from robustjax import attacks
-    from robustjax.evaluate import robust_accuracy
+    from robustjax.attacks import first_order as attacks
+    from robustjax.evaluation.accuracy import robust_accuracy
 
     m, eps, n = natural_model, 0.06, 200
     f = m.logits_fn
@@ -219,10 +220,10 @@ def random_mlp(key, in_shape, num_classes=10):
 
 def assert_valid_adversarial(x_adv, x, *, eps, norm, bounds=(0.0, 1.0)):
     """Shape, dtype, finite, inside bounds and inside the eps-ball of x (float slack 1e-5,
-    relative for L1 as in :func:`robustjax.evaluate.validate_checks`)."""
+    relative for L1 as in :func:`robustjax.evaluation.accuracy.validate_checks`)."""
     import chex
 
-    from robustjax import attacks
+    from robustjax.attacks import first_order as attacks
 
     chex.assert_equal_shape([x_adv, x])
     chex.assert_type(x_adv, x.dtype)

@@ -1,4 +1,4 @@
-"""Properties of robustjax.attacks (the paper's inner maximisation, Section 2.1)."""
+"""Properties of robustjax.attacks.first_order (the paper's inner maximisation, Section 2.1)."""
 
 import functools
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks
-from robustjax.evaluate import robust_accuracy
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation.accuracy import robust_accuracy
 
 from conftest import assert_valid_adversarial, random_mlp
 

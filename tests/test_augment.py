@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from robustjax import augment
+from robustjax.data import augment
 
 
 def _images(n=16, h=6, w=5, c=2):

@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks, autoattack, evaluate, suite
-from robustjax.evaluate import InvalidAdversarialError
-from robustjax.suite import AttackSpec
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import autoattack
+from robustjax.evaluation import accuracy as evaluate
+from robustjax.evaluation import suite
+from robustjax.evaluation.accuracy import InvalidAdversarialError
+from robustjax.evaluation.suite import AttackSpec
 
 EPS, N = 0.06, 200  # the pgd_baselines fixture's
 

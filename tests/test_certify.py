@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks, bracket, certify, layers, models, train
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import bracket
+from robustjax.certify import verifier as certify
+from robustjax.models import layers
+from robustjax.models import paper as models
+from robustjax import training as train
 
 from conftest import mnist_available
 
@@ -213,7 +218,7 @@ def test_certified_training_resume_equals_uninterrupted(idx_dir, tmp_path):
 
 @pytest.mark.slow
 def test_certified_training_raises_the_certified_accuracy(idx_dir, tmp_path):
-    from robustjax import data
+    from robustjax.data import datasets as data
     # The generated stand-in digits (no ../shared) need longer IBP training for the same
     # bar: measured 3% certified after 150 steps, passing after 400.
     steps = 150 if mnist_available() else 400

@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks, bound_graph, bracket, certify, models
-from robustjax.crown import batch_axis_ok
+from robustjax.attacks import first_order as attacks
+from robustjax.certify import graph as bound_graph
+from robustjax.evaluation import bracket
+from robustjax.certify import verifier as certify
+from robustjax.models import paper as models
+from robustjax.certify.crown import batch_axis_ok
 
 RTOL = 1e-5
 Refused = certify.UnsupportedPrimitiveError
@@ -314,7 +318,7 @@ def test_certified_keeps_a_rounding_margin():
 
 
 def test_config_json_records_only_what_the_objective_reads():
-    from robustjax.config import TrainConfig
+    from robustjax.training.config import TrainConfig
     ibp = TrainConfig(objective="ibp", train_attack="fgsm").to_json()
     for name in ("train_attack", "attack_steps", "attack_step_size", "trades_beta",
                  "crown_beta_start", "bn_attack_mode"):

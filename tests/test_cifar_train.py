@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import train
+from robustjax import training as train
 
 from conftest import separable_cifar
 

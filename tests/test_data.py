@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import mnist_available
-from robustjax import data
+from robustjax.data import datasets as data
 
 
 def _write_idx(path, arr, compress=True):

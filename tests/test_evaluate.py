@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks
-from robustjax.evaluate import InvalidAdversarialError, robust_accuracy
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation.accuracy import InvalidAdversarialError, robust_accuracy
 
 
 @pytest.fixture(scope="module")

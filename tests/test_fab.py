@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog, minimize
 
-from robustjax import attacks, fab
+from robustjax.attacks import first_order as attacks
+from robustjax.attacks import fab
 
 from conftest import assert_valid_adversarial
 

@@ -1,4 +1,4 @@
-"""robustjax.fastpath: the rewrite computes the same function and gradients on stock models."""
+"""robustjax.models.fastpath: the rewrite computes the same function and gradients on stock models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ import pytest
 from jax import lax
 from jax.extend import core as jex
 
-from robustjax import apgd, attacks, fab, fastpath, layers, trades
+from robustjax.attacks import apgd
+from robustjax.attacks import first_order as attacks
+from robustjax.attacks import fab
+from robustjax.models import fastpath
+from robustjax.models import layers
+from robustjax.training import trades
 
 
 def _primitives(closed) -> set:

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from robustjax import apgd, apgd_l1, attacks, autoattack, evaluate, fab, l1, square, sweeps
-from robustjax import train
+from robustjax.attacks import apgd
+from robustjax.attacks import apgd_l1
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import autoattack
+from robustjax.evaluation import accuracy as evaluate
+from robustjax.attacks import fab
+from robustjax.attacks import l1
+from robustjax.attacks import square
+from robustjax.evaluation import sweeps
+from robustjax import training as train
 
 from conftest import assert_valid_adversarial, random_mlp
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import random_mlp
-from robustjax import attacks, landscape
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import landscape
 
 SETTINGS = dict(eps=0.1, step_size=0.02, num_steps=5)
 

@@ -1,4 +1,4 @@
-"""robustjax.layers.conv_general_dilated computes lax's convolution and its gradients."""
+"""robustjax.models.layers.conv_general_dilated computes lax's convolution and its gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from robustjax import layers
+from robustjax.models import layers
 
 CASES = [
     # (lhs shape, rhs shape, strides, padding, dimension numbers, rhs_dilation)

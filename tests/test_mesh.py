@@ -1,4 +1,4 @@
-"""robustjax.mesh: batches over every device; the five evaluations equal on 1 and 4 devices."""
+"""robustjax.runtime.mesh: batches over every device; the five evaluations equal on 1 and 4 devices."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from entry import fast_compile_env
-from robustjax import mesh
+from robustjax.runtime import mesh
 
 
 def test_padding_placement_and_gather_on_one_device():
@@ -54,7 +54,14 @@ SCRIPT = r'''
 import functools
 import jax, jax.numpy as jnp, numpy as np
 from conftest import train_natural, stand_in_digits
-from robustjax import attacks, autoattack, evaluate, landscape, mesh, suite, sweeps, validation
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import autoattack
+from robustjax.evaluation import accuracy as evaluate
+from robustjax.evaluation import landscape
+from robustjax.runtime import mesh
+from robustjax.evaluation import suite
+from robustjax.evaluation import sweeps
+from robustjax.training import validation
 
 assert jax.device_count() == 4, jax.devices()
 xtr, ytr = stand_in_digits(1500, 0)

@@ -1,4 +1,4 @@
-"""Tests for robustjax.models: the paper's architectures, counts and modes."""
+"""Tests for robustjax.models.paper: the paper's architectures, counts and modes."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import models
+from robustjax.models import paper as models
 
 
 def _count(model, shape, **kw):

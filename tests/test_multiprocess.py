@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO
 from entry import fast_compile_env
-from robustjax import workdir as _workdir
+from robustjax.training import workdir as _workdir
 
 TRAIN = ["--width=1", "--steps=8", "--batch_size=20", "--attack_steps=2", "--log_every=1",
          "--checkpoint_every=4", "--eval_examples=20", "--eval_batch_size=20",

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import assert_valid_adversarial
-from robustjax import attacks, data, train, trades, validation, workdir
+from robustjax.attacks import first_order as attacks
+from robustjax.data import datasets as data
+from robustjax import training as train
+from robustjax.training import trades
+from robustjax.training import validation
+from robustjax.training import workdir
 
 
 def _tiny(idx_dir, **kw):

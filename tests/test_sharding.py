@@ -12,7 +12,7 @@ from entry import fast_compile_env
 SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 import chex
-from robustjax import train
+from robustjax import training as train
 from conftest import separable_cifar
 
 assert jax.device_count() == 8, jax.devices()

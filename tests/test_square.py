@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks, square
-from robustjax.evaluate import robust_accuracy
+from robustjax.attacks import first_order as attacks
+from robustjax.attacks import square
+from robustjax.evaluation.accuracy import robust_accuracy
 
 from conftest import assert_valid_adversarial
 

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robustjax import attacks, suite
-from robustjax.evaluate import InvalidAdversarialError
-from robustjax.suite import AttackSpec
+from robustjax.attacks import first_order as attacks
+from robustjax.evaluation import suite
+from robustjax.evaluation.accuracy import InvalidAdversarialError
+from robustjax.evaluation.suite import AttackSpec
 
 from conftest import shared_natural
 

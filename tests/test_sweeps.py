@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import random_mlp
-from robustjax import sweeps
+from robustjax.evaluation import sweeps
 
 
 @pytest.fixture(scope="module")

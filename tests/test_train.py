@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from robustjax import attacks, train, workdir
+from robustjax.attacks import first_order as attacks
+from robustjax import training as train
+from robustjax.training import workdir
 
 
 def _tiny(idx_dir, **kw):
@@ -81,7 +83,7 @@ def test_train_step_is_the_danskin_step(idx_dir):
     saves work rather than changing this number; what would change it is a loss
     on clean or mixed examples, or another batch or key.)"""
     cfg = _tiny(idx_dir, attack_steps=5)
-    from robustjax import data
+    from robustjax.data import datasets as data
 
     xtr, ytr = data.load("mnist", "train", idx_dir)
     images, labels = jnp.asarray(xtr), jnp.asarray(ytr)  # uint8, as the step takes them

@@ -1,5 +1,5 @@
-"""What a run survives (robustjax.workdir, robustjax.train): a second owner, damaged
-checkpoints, SIGTERM, divergence; and resumable evaluations (robustjax.rowstore)."""
+"""What a run survives (robustjax.training.workdir, robustjax.training): a second owner, damaged
+checkpoints, SIGTERM, divergence; and resumable evaluations (robustjax.runtime.rowstore)."""
 
 import dataclasses
 import json
@@ -17,7 +17,9 @@ import pytest
 
 from conftest import REPO, TINY_FLAGS, random_mlp
 from entry import fast_compile_env, in_process
-from robustjax import suite, train, workdir
+from robustjax.evaluation import suite
+from robustjax import training as train
+from robustjax.training import workdir
 
 TINY = dict(width=1, batch_size=20, attack_steps=2, log_every=1, eval_examples=20,
             eval_batch_size=20, eval_attack_steps=(2,), lr=1e-3)
@@ -45,7 +47,7 @@ def test_one_owner_per_workdir(idx_dir, tmp_path):
     wd = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from robustjax import workdir
+        from robustjax.training import workdir
         lock = workdir.lock({wd!r})
         print("locked", flush=True)
         time.sleep(120)""")], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""robustjax.xla_defaults: flags added only when they can take effect, never over the user's."""
+"""robustjax.runtime.xla_defaults: flags added only when they can take effect, never over the user's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from robustjax import xla_defaults
+from robustjax.runtime import xla_defaults
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
 NEW = dict(jaxlib_version=(0, 10, 2), backend_started=False)
@@ -38,7 +38,7 @@ if sys.argv[1] == "start_backend_first":
     jnp.ones(2).block_until_ready()
 import robustjax, jax.numpy as jnp
 float(jnp.sum(jnp.ones(3)))  # the backend starts with whatever XLA_FLAGS says now
-print(json.dumps(robustjax.xla_defaults.status()))
+print(json.dumps(robustjax.runtime.xla_defaults.status()))
 """
 
 

@@ -394,7 +394,10 @@ def test_benchmark_entry_point(small_wrn, cifar_dir, tmp_path):
 @pytest.mark.slow
 def test_loaded_model_composes_with_attacks_suite_sweeps_landscape():
     """zoo.load's logits_fn is an ordinary robustjax logits_fn (jit, vmap, grad inside)."""
-    from robustjax import attacks, landscape, suite, sweeps
+    from robustjax.attacks import first_order as attacks
+    from robustjax.evaluation import landscape
+    from robustjax.evaluation import suite
+    from robustjax.evaluation import sweeps
 
     module = zoo.build("wrn-10-1", num_classes=10)
     variables = module.init(jax.random.PRNGKey(0), X[:1])

@@ -1,0 +1,87 @@
+"""The module paths of robustjax 0.1 (one flat folder), kept importable with a warning.
+
+``import robustjax.evaluate`` or ``from robustjax.suite import run_suite`` still work:
+the old name is an alias of the module's new place (``robustjax.evaluation.accuracy``,
+``robustjax.evaluation.suite``), and the first use of each old path warns once with a
+``DeprecationWarning`` naming the new one. Nothing else of robustjax imports these paths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
+import warnings
+
+__all__ = ["MOVED", "install"]
+
+# old module (robustjax.<old>) -> its new place
+MOVED = {
+    "mesh": "robustjax.runtime.mesh", "rowstore": "robustjax.runtime.rowstore",
+    "xla_defaults": "robustjax.runtime.xla_defaults",
+    "augment": "robustjax.data.augment",
+    "layers": "robustjax.models.layers", "fastpath": "robustjax.models.fastpath",
+    "geometry": "robustjax.attacks.geometry", "l1": "robustjax.attacks.l1",
+    "apgd": "robustjax.attacks.apgd", "apgd_l1": "robustjax.attacks.apgd_l1",
+    "fab": "robustjax.attacks.fab", "square": "robustjax.attacks.square",
+    "bound_graph": "robustjax.certify.graph", "interval": "robustjax.certify.interval",
+    "crown": "robustjax.certify.crown", "bound_memory": "robustjax.certify.memory",
+    "evaluate": "robustjax.evaluation.accuracy", "autoattack": "robustjax.evaluation.autoattack",
+    "suite": "robustjax.evaluation.suite", "sweeps": "robustjax.evaluation.sweeps",
+    "landscape": "robustjax.evaluation.landscape", "bracket": "robustjax.evaluation.bracket",
+    "config": "robustjax.training.config", "state": "robustjax.training.state",
+    "step": "robustjax.training.step", "trades": "robustjax.training.trades",
+    "loop": "robustjax.training.loop", "validation": "robustjax.training.validation",
+    "workdir": "robustjax.training.workdir", "train": "robustjax.training",
+}
+_warned: set = set()
+
+
+def _warn(old: str) -> None:
+    if old not in _warned:
+        _warned.add(old)
+        warnings.warn(f"robustjax.{old} moved to {MOVED[old]}; the old path will be removed",
+                      DeprecationWarning, stacklevel=3)
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``robustjax.<old>`` and hands back the module at its new place."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, old = fullname.partition(".")
+        if package != "robustjax" or old not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        old = spec.name.partition(".")[2]
+        _warn(old)
+        return importlib.import_module(MOVED[old])
+
+    def exec_module(self, module):
+        pass
+
+
+class _Package(types.ModuleType):
+    """The top package: an old module name reached as an attribute warns, and importing an
+    old path never replaces a top-level function of the same name (``robustjax.apgd``)."""
+
+    def __getattr__(self, name):
+        if name in MOVED:
+            _warn(name)
+            return importlib.import_module(MOVED[name])
+        raise AttributeError(f"module 'robustjax' has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in MOVED and isinstance(value, types.ModuleType) and name in self.__dict__:
+            return
+        super().__setattr__(name, value)
+
+
+def install(package_name: str = "robustjax") -> None:
+    """Makes the old paths of ``package_name`` importable (idempotent)."""
+    if not any(isinstance(f, _Alias) for f in sys.meta_path):
+        sys.meta_path.append(_Alias())
+    sys.modules[package_name].__class__ = _Package

@@ -1,0 +1,36 @@
+"""Attacks: the inner maximisation of Madry et al. (ICLR 2018), Eq. (2.1), and its successors.
+
+Every attack is a pure, jitted function of ``logits_fn`` and ``(x, y, key)`` with
+explicit keyword settings, built on ``lax.fori_loop``, that returns arrays.
+
+* :mod:`~robustjax.attacks.first_order`: FGSM, FGSM-RS (Fast AT, Wong et al. 2020),
+  PGD with random restarts (L-inf, L2, L1; targeted; cross-entropy, CW and CW+
+  losses), Section 2.1 of the paper.
+* :mod:`~robustjax.attacks.geometry` and :mod:`~robustjax.attacks.l1`: the norm
+  geometries (start, ascent, projection, distance), the exact L1-ball-and-box
+  projection (Croce & Hein, ICML 2021).
+* :mod:`~robustjax.attacks.apgd`, :mod:`~robustjax.attacks.apgd_l1`: Auto-PGD, the DLR
+  loss and APGD-T (Croce & Hein, ICML 2020), and l1-APGD (ICML 2021).
+* :mod:`~robustjax.attacks.fab`: FAB / FAB-T, the minimum-norm fast adaptive boundary
+  attack (Croce & Hein, ICML 2020).
+* :mod:`~robustjax.attacks.square`: the gradient-free Square attack (Andriushchenko
+  et al., ECCV 2020).
+
+The AutoAttack ensemble, which runs these under validation, sharding and resume, is
+:func:`robustjax.evaluation.autoattack`.
+
+Imports: :mod:`robustjax.models` (the fast-gradient rewrite) and
+:mod:`robustjax.runtime`.
+"""
+
+from robustjax.attacks import apgd, apgd_l1, fab, first_order, geometry, l1, square
+from robustjax.attacks.first_order import (L1, L2, LINF, NORMS, LogitsFn, Norm, attack_objective,
+                                           cw_loss, fgsm, fgsm_rs, is_fooled, margin, pgd,
+                                           pgd_step, select_best_restart, xent_loss)
+
+# The modules apgd, fab and square keep their names here (robustjax.attacks.apgd.apgd);
+# the functions are robustjax.apgd, robustjax.fab and robustjax.square at the top.
+__all__ = ["first_order", "geometry", "l1", "apgd", "apgd_l1", "fab", "square",
+           "fgsm", "fgsm_rs", "pgd", "pgd_step", "select_best_restart", "xent_loss", "cw_loss",
+           "margin", "attack_objective", "is_fooled", "LogitsFn", "Norm", "LINF", "L2", "L1",
+           "NORMS"]

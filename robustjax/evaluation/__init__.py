@@ -1,0 +1,29 @@
+"""Evaluation: robust accuracy, AutoAttack, suites of attacks, sweeps, the loss landscape.
+
+* :mod:`~robustjax.evaluation.accuracy`: :func:`robust_accuracy` over a dataset, with
+  every adversarial example validated (inside the ball and the box, finite, misclassified
+  as claimed).
+* :mod:`~robustjax.evaluation.autoattack`: the AutoAttack ensemble (Croce & Hein, ICML
+  2020; standard, plus, rand and custom versions), sharded and resumable.
+* :mod:`~robustjax.evaluation.suite`: attack suites, the paper's Tables 1 and 2 as data,
+  with the per-example worst case over all rows (Madry et al., Section 5).
+* :mod:`~robustjax.evaluation.sweeps`: accuracy against eps (Figure 6) with eps traced,
+  and the gradient-masking checks.
+* :mod:`~robustjax.evaluation.landscape`: PGD from many random starts, the loss
+  landscape of Section 3 (Figures 1-2).
+* :mod:`~robustjax.evaluation.bracket`: certified (lower) and attacked (upper) accuracy
+  per example, and the check that no certified example is broken.
+
+Imports: :mod:`robustjax.certify`, :mod:`robustjax.attacks`, :mod:`robustjax.models`,
+:mod:`robustjax.runtime`.
+"""
+
+from robustjax.evaluation import accuracy, autoattack, bracket, landscape, suite, sweeps
+from robustjax.evaluation.accuracy import InvalidAdversarialError, RobustAccuracy, robust_accuracy
+from robustjax.evaluation.autoattack import AutoAttackResult
+from robustjax.evaluation.suite import AttackSpec, SuiteResult, markdown_table, run_suite
+
+# The module autoattack keeps its name here; the function is robustjax.autoattack.
+__all__ = ["accuracy", "autoattack", "suite", "sweeps", "landscape", "bracket",
+           "robust_accuracy", "RobustAccuracy", "InvalidAdversarialError", "AutoAttackResult",
+           "AttackSpec", "SuiteResult", "run_suite", "markdown_table"]
