@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robustjax.attacks import first_order as attacks
-from robustjax.evaluation import autoattack
+from robustjax.evaluation import autoattack, ensemble
 from robustjax.evaluation import accuracy as evaluate
 from robustjax.evaluation import suite
 from robustjax.evaluation.accuracy import InvalidAdversarialError
@@ -16,14 +16,14 @@ EPS, N = 0.06, 200  # the pgd_baselines fixture's
 
 
 def test_chunks_pad_little_and_reuse_few_shapes():
-    assert autoattack._chunks(880, 500) == (2, 441)  # 7 x 63
-    assert autoattack._chunks(1000, 500) == (2, 500)
-    assert autoattack._chunks(3, 500) == (1, 4)
-    assert autoattack._chunks(70, 500) == (1, 126)
-    sizes = {autoattack._chunks(n, 500)[1] for n in range(1, 2001)}
+    assert ensemble.chunks(880, 500) == (2, 441)  # 7 x 63
+    assert ensemble.chunks(1000, 500) == (2, 500)
+    assert ensemble.chunks(3, 500) == (1, 4)
+    assert ensemble.chunks(70, 500) == (1, 126)
+    sizes = {ensemble.chunks(n, 500)[1] for n in range(1, 2001)}
     assert len(sizes) <= 14
     for n in range(1, 2001):
-        k, size = autoattack._chunks(n, 500)
+        k, size = ensemble.chunks(n, 500)
         assert size <= 500 and k * size >= n and k == -(-n // 500)
 
 
@@ -87,7 +87,7 @@ def test_each_attack_sees_only_robust_examples(natural_model, monkeypatch):
     """Compaction between attacks and target ranks, and one compilation per shape."""
     m = natural_model
     traced, attacked = [], []
-    original = autoattack._stage_attack
+    original = ensemble.stage_attack
     validate = evaluate.validate_checks
 
     def spying(name, **kw):
@@ -102,7 +102,7 @@ def test_each_attack_sees_only_robust_examples(natural_model, monkeypatch):
         attacked.append(set(np.asarray(kw["index"]).tolist()))  # one call per batch
         return validate(checks, **kw)
 
-    monkeypatch.setattr(autoattack, "_stage_attack", spying)
+    monkeypatch.setattr(ensemble, "stage_attack", spying)
     monkeypatch.setattr(evaluate, "validate_checks", recording)
     res = autoattack.autoattack(m.logits_fn, m.x[:N], m.y[:N], jax.random.PRNGKey(1), eps=EPS,
                                 version="custom", attacks=["apgd-ce", "apgd-t"], num_steps=5,
@@ -157,7 +157,7 @@ def test_an_invalid_attack_is_caught(natural_model, monkeypatch):
     def escaping(name, **kw):
         return (lambda f, x, y, k, arg: jnp.clip(x + 2 * EPS, 0, 1)), [0]
 
-    monkeypatch.setattr(autoattack, "_stage_attack", escaping)
+    monkeypatch.setattr(ensemble, "stage_attack", escaping)
     with pytest.raises(InvalidAdversarialError, match="outside the linf ball"):
         autoattack.autoattack(m.logits_fn, m.x[:20], m.y[:20], eps=EPS,
                               version="custom", attacks=["square"])
@@ -241,17 +241,17 @@ def test_bad_specs_name_the_field(spec, match):
 
 def test_size_planner_reuses_a_compiled_size_when_compiling_costs_more():
     """Late stages on a few robust examples reuse a compiled size; expensive models do not."""
-    cheap = autoattack._SizePlanner(500, 1, adaptive=True)
-    assert cheap.plan(1000) == autoattack._chunks(1000, 500)  # nothing measured yet
+    cheap = ensemble.SizePlanner(500, 1, adaptive=True)
+    assert cheap.plan(1000) == ensemble.chunks(1000, 500)  # nothing measured yet
     cheap.record(500, 10.0)   # first call: compilation + run
     cheap.record(500, 2.0)    # second call: run only -> 0.004 s per example, compile ~8 s
     assert cheap.plan(100) == (1, 500)
     assert cheap.plan(480) == (1, 500)
-    costly = autoattack._SizePlanner(500, 1, adaptive=True)
+    costly = ensemble.SizePlanner(500, 1, adaptive=True)
     costly.record(500, 100.0)
     costly.record(500, 90.0)  # 0.18 s per example: padding 100 to 500 costs more than 10 s
-    assert costly.plan(100) == autoattack._chunks(100, 500)
-    fixed = autoattack._SizePlanner(500, 1, adaptive=False)
+    assert costly.plan(100) == ensemble.chunks(100, 500)
+    fixed = ensemble.SizePlanner(500, 1, adaptive=False)
     fixed.record(500, 10.0)
     fixed.record(500, 2.0)
-    assert fixed.plan(100) == autoattack._chunks(100, 500)
+    assert fixed.plan(100) == ensemble.chunks(100, 500)

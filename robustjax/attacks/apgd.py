@@ -41,13 +41,14 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from robustjax import _checks
 from robustjax.attacks import apgd_l1 as _apgd_l1
 from robustjax.attacks import first_order as _a
 from robustjax.models import fastpath
+from robustjax.attacks import apgd_schedule as _schedule
 from robustjax.attacks import geometry as _geometry
+from robustjax.attacks.apgd_schedule import checkpoint_schedule, step_size_halvings  # noqa: F401
 
 __all__ = ["APGD_LOSSES", "dlr_loss", "dlr_loss_targeted", "checkpoint_schedule",
            "step_size_halvings", "apgd", "apgd_t"]
@@ -105,101 +106,6 @@ def _objective(loss: str, targeted: bool, cw_kappa: float):
 
 
 # ----------------------------------------------------------------------------
-# The step-size rule (Section 3.2)
-# ----------------------------------------------------------------------------
-
-def checkpoint_schedule(num_steps: int) -> tuple[int, ...]:
-    """The checkpoints w_j = ceil(p_j * N) after which the step-size rule is checked.
-
-    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06). In
-    steps, as the official code rounds them: the first interval is
-    max(floor(0.22 N), 1), each next one shrinks by max(floor(0.03 N), 1) down to
-    max(floor(0.06 N), 1). For N = 100: (22, 41, 57, 70, 80, 87, 93, 99).
-    """
-    _checks.check_int("num_steps", num_steps, 1)
-    first = max(int(0.22 * num_steps), 1)
-    shrink = max(int(0.03 * num_steps), 1)
-    smallest = max(int(0.06 * num_steps), 1)
-    out, w, k = [], 0, first
-    while w + k <= num_steps:
-        w += k
-        out.append(w)
-        k = max(k - shrink, smallest)
-    return tuple(out)
-
-
-def _checkpoint_table(num_steps: int):
-    """Per step i (0-based): whether step i ends an interval, and that interval's length."""
-    is_ckpt = np.zeros(num_steps, bool)
-    length = np.ones(num_steps, np.int32)
-    prev = 0
-    for w in checkpoint_schedule(num_steps):
-        is_ckpt[w - 1] = True
-        length[w - 1] = w - prev
-        prev = w
-    return is_ckpt, length
-
-
-class _RuleState(NamedTuple):
-    """Per-example bookkeeping of the step-size rule between checkpoints."""
-
-    increases: Array       # steps since the last checkpoint whose loss went up
-    loss_prev: Array       # loss of the previous iterate
-    best_at_check: Array   # best loss at the last checkpoint
-    halved_at_check: Array  # whether the step was halved at the last checkpoint
-
-
-def _rule_init(loss0: Array) -> _RuleState:
-    b = loss0.shape[0]
-    # At the first checkpoint condition 2 does not apply (as if halved before).
-    return _RuleState(jnp.zeros(b, jnp.int32), loss0, loss0, jnp.ones(b, bool))
-
-
-def _rule_step(state: _RuleState, loss: Array, best: Array, is_ckpt, length, rho):
-    """One step of the rule: the loss of the new iterate and the best loss so far.
-
-    Returns the new state and a ``[B]`` mask of the examples whose step is
-    halved now (all False off the checkpoints).
-    """
-    increases = state.increases + (loss > state.loss_prev).astype(jnp.int32)
-    oscillates = increases.astype(jnp.float32) <= rho * length.astype(jnp.float32)
-    stalled = ~state.halved_at_check & (state.best_at_check >= best)
-    halve = is_ckpt & (oscillates | stalled)
-    new = _RuleState(
-        increases=jnp.where(is_ckpt, 0, increases),
-        loss_prev=loss,
-        best_at_check=jnp.where(is_ckpt, best, state.best_at_check),
-        halved_at_check=jnp.where(is_ckpt, halve, state.halved_at_check))
-    return new, halve
-
-
-def step_size_halvings(losses, *, rho: float = 0.75) -> np.ndarray:
-    """The rule alone on a given loss sequence: which examples halve at which checkpoint.
-
-    ``losses`` is ``[N + 1, B]``: the loss at the start, then after each of the
-    N steps. Returns bool ``[len(checkpoint_schedule(N)), B]``. This is exactly
-    the bookkeeping :func:`apgd` runs (the restart from the best point does not
-    change the best loss, so the rule depends on the losses alone).
-    """
-    losses = jnp.asarray(losses, jnp.float32)
-    if losses.ndim != 2 or losses.shape[0] < 2:
-        raise ValueError(f"losses must have shape [N + 1, B] with N >= 1, got {losses.shape}")
-    n = losses.shape[0] - 1
-    is_ckpt, length = _checkpoint_table(n)
-
-    def body(carry, inp):
-        state, best = carry
-        loss, ck, ln = inp
-        best = jnp.maximum(best, loss)
-        state, halve = _rule_step(state, loss, best, ck, ln, rho)
-        return (state, best), halve
-
-    _, halves = jax.lax.scan(body, (_rule_init(losses[0]), losses[0]),
-                             (losses[1:], jnp.asarray(is_ckpt), jnp.asarray(length)))
-    return np.asarray(halves)[is_ckpt]
-
-
-# ----------------------------------------------------------------------------
 # APGD (Algorithm 1)
 # ----------------------------------------------------------------------------
 
@@ -248,7 +154,7 @@ class _Carry(NamedTuple):
     grad_best: Array
     x_adv: Array
     fooled: Array
-    rule: _RuleState
+    rule: _schedule.RuleState
 
 
 def _apgd_single(logits_fn, objective, geometry, x, y, t, key, *, eps, num_steps, rho,
@@ -271,11 +177,11 @@ def _apgd_single(logits_fn, objective, geometry, x, y, t, key, *, eps, num_steps
     loss0, grad0, lg0 = _value_and_grad(logits_fn, objective, x0, y, t,
                                         jax.random.fold_in(kloop, num_steps), eot_samples)
     fooled0 = jnp.argmax(lg0, -1) != y
-    is_ckpt, length = (jnp.asarray(a) for a in _checkpoint_table(num_steps))
+    is_ckpt, length = (jnp.asarray(a) for a in _schedule.checkpoint_table(num_steps))
     carry = _Carry(x=x0, x_prev=x0, grad=grad0,
                    step=jnp.broadcast_to(jnp.asarray(2.0 * eps, jnp.float32), (b,)),
                    x_best=x0, loss_best=loss0, grad_best=grad0, x_adv=x0, fooled=fooled0,
-                   rule=_rule_init(loss0))
+                   rule=_schedule.rule_init(loss0))
 
     def body(i, c: _Carry) -> _Carry:
         momentum = jnp.where(i > 0, 0.75, 1.0)
@@ -288,7 +194,7 @@ def _apgd_single(logits_fn, objective, geometry, x, y, t, key, *, eps, num_steps
         loss_best = jnp.where(better, loss, c.loss_best)
         x_best = jnp.where(better.reshape(bshape), x_new, c.x_best)
         grad_best = jnp.where(better.reshape(bshape), grad, c.grad_best)
-        rule, halve = _rule_step(c.rule, loss, loss_best, is_ckpt[i], length[i], rho)
+        rule, halve = _schedule.rule_step(c.rule, loss, loss_best, is_ckpt[i], length[i], rho)
         hb = halve.reshape(bshape)
         return _Carry(x=jnp.where(hb, x_best, x_new), x_prev=c.x,
                       grad=jnp.where(hb, grad_best, grad),

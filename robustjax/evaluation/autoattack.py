@@ -35,9 +35,9 @@ bounds, eps-ball within ``atol``) before it counts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import time
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -46,44 +46,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import _checks
-from robustjax.attacks import apgd as _apgd
 from robustjax.attacks import apgd_l1 as _apgd_l1
 from robustjax.attacks import first_order as _a
 from robustjax.evaluation import accuracy as evaluate
-from robustjax.attacks import fab as _fab
+from robustjax.evaluation import ensemble
+from robustjax.evaluation.ensemble import ATTACKS, VERSIONS, version_attacks  # noqa: F401
 from robustjax.runtime import mesh as _mesh
-from robustjax.runtime import rowstore
-from robustjax.attacks import square as _square
 
 __all__ = ["ATTACKS", "VERSIONS", "version_attacks", "AutoAttackResult", "autoattack"]
 
 log = logging.getLogger("robustjax.evaluation.autoattack")
-
-ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-"""Attack names, as the official code spells them."""
-VERSIONS = ("standard", "plus", "rand", "custom")
-
-_ORDER = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-          "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-          "rand": ("apgd-ce", "apgd-dlr")}
-
-
-def version_attacks(version: str, attacks: Optional[Sequence[str]] = None) -> tuple[str, ...]:
-    """The attacks a version runs, in order (``custom``: ``attacks``, validated)."""
-    _checks.check_choice("version", version, VERSIONS)
-    if version != "custom":
-        if attacks is not None:
-            raise ValueError(f"attacks is only for version='custom'; version={version!r} "
-                             f"runs {list(_ORDER[version])}")
-        return _ORDER[version]
-    if not attacks:
-        raise ValueError(f"attacks must name at least one of {ATTACKS} for version='custom'")
-    for name in attacks:
-        _checks.check_choice("attacks", name, ATTACKS)
-    if len(set(attacks)) != len(attacks):
-        raise ValueError(f"attacks must not repeat an attack, got {list(attacks)}")
-    return tuple(attacks)
-
 
 class AutoAttackResult(NamedTuple):
     """Output of :func:`autoattack`.
@@ -109,105 +81,6 @@ class AutoAttackResult(NamedTuple):
     broken_by: np.ndarray
     x_adv: np.ndarray
     warnings: list
-
-
-def _chunks(n: int, batch_size: int, devices: int = 1) -> tuple[int, int]:
-    """``(chunks, size)``: n examples in equal chunks of at most ``batch_size``, padded to ``size``.
-
-    Sizes are rounded up to a multiple of ``batch_size / 8`` (below that, to a
-    power of two), so an attack sees at most a dozen distinct shapes in a whole
-    evaluation, each compiled once, while padding wastes little: 880 robust
-    examples with batch 500 run as 2 x 441, not 500 + 380 padded to 500. The
-    size is then rounded up to a multiple of ``devices`` (the mesh's device count).
-    """
-    chunks = -(-n // batch_size)
-    size = -(-n // chunks)
-    quantum = max(1, -(-batch_size // 8))
-    if size > quantum:
-        size = -(-size // quantum) * quantum
-    else:
-        size = 1 << (size - 1).bit_length()
-    size = min(size, batch_size)
-    return chunks, -(-size // devices) * devices
-
-
-class _SizePlanner:
-    """Chooses the padded chunk size of each stage of one attack: a new size, or one
-    already compiled.
-
-    A new size costs a compilation (seconds to tens of seconds); a compiled larger
-    size costs only its padding. The planner times the calls (the first call of a
-    size includes its compilation) and picks the cheaper: late stages of an
-    ensemble, on a few dozen examples still robust, then reuse a compiled size
-    instead of compiling another. Results never depend on the choice (each
-    example is attacked alone with its own key). With several processes every
-    process must pick the same size, so the choice is the fixed one of
-    :func:`_chunks` there.
-    """
-
-    def __init__(self, batch_size: int, devices: int, adaptive: bool):
-        self.batch_size, self.devices, self.adaptive = batch_size, devices, adaptive
-        self.first = {}        # size -> seconds of its first call (compilation included)
-        self.rate = None       # seconds per padded example, from calls without compilation
-        self.compile_s = None  # estimated compilation time of a new size
-
-    def plan(self, n: int) -> tuple[int, int]:
-        chunks, size = _chunks(n, self.batch_size, self.devices)
-        if not self.adaptive or self.rate is None or self.compile_s is None or (
-                size in self.first):
-            return chunks, size
-        best = (self.compile_s + chunks * size * self.rate, chunks, size)
-        for s in self.first:
-            c = -(-n // s)
-            best = min(best, (c * s * self.rate, c, s))
-        return best[1], best[2]
-
-    def record(self, size: int, seconds: float) -> None:
-        if size not in self.first:
-            self.first[size] = seconds
-        else:
-            self.rate = seconds / size
-        if self.rate is not None:
-            est = [t - s * self.rate for s, t in self.first.items()]
-            self.compile_s = max(0.0, float(np.median(est)))
-
-
-def _stage_attack(name: str, *, eps, norm, version, num_steps, num_queries, bounds,
-                  eot_samples) -> tuple[Callable, list]:
-    """``(attack(logits, x, y, key, arg), stage args)`` for one attack of the ensemble.
-
-    APGD-T and FAB-T are run one target rank at a time (the traced ``arg``),
-    and APGD-CE / APGD-DLR one restart at a time, so that each rank or restart
-    only attacks the examples still robust, as in the official code.
-    """
-    plus = version == "plus"
-    l1_standard = norm == "l1" and version in ("standard", "custom")
-    restarts = 5 if plus else 1
-    eot = eot_samples if version == "rand" else 1
-    common = dict(eps=eps, norm=norm, bounds=bounds)
-    if name in ("apgd-ce", "apgd-dlr"):
-        # Restarts run as stages, each on the examples still robust (as the official
-        # code does); stage s has its own key.
-        loss = "ce" if name == "apgd-ce" else "dlr"
-        apgd_restarts = 5 if l1_standard else restarts
-        return (lambda f, x, y, k, _: _apgd.apgd(f, x, y, k, loss=loss, num_steps=num_steps,
-                                                 eot_samples=eot, use_largereps=l1_standard,
-                                                 **common),
-                list(range(apgd_restarts)))
-    if name == "apgd-t":
-        return (lambda f, x, y, k, r: _apgd.apgd(f, x, y, k, loss="dlr", targeted=True,
-                                                 target_rank=r, num_steps=num_steps,
-                                                 use_largereps=l1_standard, **common),
-                list(range(2, 7 if l1_standard else 11)))
-    if name == "fab":
-        return (lambda f, x, y, k, _: _fab.fab(f, x, y, k, targeted=False, restarts=restarts,
-                                               num_steps=num_steps, **common), [0])
-    if name == "fab-t":
-        return (lambda f, x, y, k, r: _fab.fab(f, x, y, k, targeted=True, target_rank=r,
-                                               num_steps=num_steps, **common),
-                list(range(2, 11)))
-    return (lambda f, x, y, k, _: _square.square(f, x, y, k, num_queries=num_queries,
-                                                 **common), [0])
 
 
 def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, eps: float,
@@ -248,6 +121,68 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
       ValueError: bad settings or data, naming the argument.
       InvalidAdversarialError: an attack returned a point outside the threat model.
     """
+    names, (lo, hi), x, y, randomized = _validate(
+        logits_fn, x, y, eps=eps, norm=norm, version=version, attacks=attacks,
+        num_steps=num_steps, num_queries=num_queries, eot_samples=eot_samples,
+        batch_size=batch_size, bounds=bounds, atol=atol)
+    key = jax.random.PRNGKey(0) if key is None else key
+    mesh = _mesh.make_mesh() if mesh is None else mesh
+    n = x.shape[0]
+    clean_correct, warnings = _clean_pass(logits_fn, x, y, key, version=version,
+                                          batch_size=batch_size, mesh=mesh)
+    state = _State(robust=clean_correct.copy(), x_adv=x.copy(),
+                   broken_by=np.where(clean_correct, "", "clean").astype(object))
+    log.info("AutoAttack %s (%s, eps %g) on %d examples: clean accuracy %.2f%%", version, norm,
+             eps, n, 100 * clean_correct.mean())
+    t_all = time.time()
+    first, fp = 0, None
+    if resume_dir:
+        fp = ensemble.rowstore_fingerprint(
+            logits_fn, x, y, key, names=names, eps=float(eps), norm=norm, version=version,
+            num_steps=num_steps, num_queries=num_queries, eot_samples=eot_samples,
+            batch_size=batch_size, bounds=[lo, hi], atol=atol, randomized=randomized)
+        first = _resume(state, resume_dir, names, fp)
+    settings = dict(eps=eps, norm=norm, version=version, num_steps=num_steps,
+                    num_queries=num_queries, bounds=(lo, hi), eot_samples=eot_samples)
+    for i, name in enumerate(names[first:], start=first):
+        t0 = time.time()
+        _run_attack(logits_fn, x, y, jax.random.fold_in(key, i), name, state, settings,
+                    atol=atol, batch_size=batch_size, mesh=mesh, randomized=randomized)
+        state.accuracy_after[name] = float(state.robust.mean())
+        state.seconds[name] = time.time() - t0
+        log.info("after %s: robust accuracy %.2f%% (%.1fs)", name, 100 * state.robust.mean(),
+                 state.seconds[name])
+        if resume_dir and _mesh.is_primary():
+            ensemble.save_stage(resume_dir, i, fp, robust=state.robust, x_adv=state.x_adv,
+                                broken_by=state.broken_by.astype(str),
+                                accuracy_after=json.dumps(state.accuracy_after),
+                                seconds=json.dumps(state.seconds))
+    warnings += _masking_warnings(state.accuracy_after, clean_correct.mean())
+    for w in warnings:
+        log.warning(w)
+    log.info("AutoAttack robust accuracy %.2f%% (%.1fs)", 100 * state.robust.mean(),
+             time.time() - t_all)
+    return AutoAttackResult(clean_accuracy=float(clean_correct.mean()),
+                            robust_accuracy=float(state.robust.mean()),
+                            accuracy_after=state.accuracy_after, seconds=state.seconds,
+                            clean_correct=clean_correct, correct=state.robust,
+                            broken_by=state.broken_by.astype(str), x_adv=state.x_adv,
+                            warnings=warnings)
+
+
+@dataclasses.dataclass
+class _State:
+    """What the attacks have found so far: robust flags, adversarial examples, who broke what."""
+    robust: np.ndarray
+    x_adv: np.ndarray
+    broken_by: np.ndarray
+    accuracy_after: dict = dataclasses.field(default_factory=dict)
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+
+def _validate(logits_fn, x, y, *, eps, norm, version, attacks, num_steps, num_queries,
+              eot_samples, batch_size, bounds, atol):
+    """Step 1: every setting and the data checked; ``(names, (lo, hi), x, y, randomized)``."""
     names = version_attacks(version, attacks)
     _checks.check_scalar("eps", eps)
     _checks.check_choice("norm", norm, tuple(_a.NORMS))
@@ -275,14 +210,12 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         if name in names and num_classes < 10:
             raise ValueError(f"{name} attacks 9 target classes and needs >= 10 classes, the "
                              f"model has {num_classes}; use version='custom' without it")
-    key = jax.random.PRNGKey(0) if key is None else key
-    n = x.shape[0]
-    warnings = []
+    return names, (lo, hi), x, y, randomized
 
-    def evaluated(ke):
-        return (lambda z: logits_fn(z, ke)) if randomized else logits_fn
 
-    mesh = _mesh.make_mesh() if mesh is None else mesh
+def _clean_pass(logits_fn, x, y, key, *, version, batch_size, mesh):
+    """Step 2: clean correctness of every example, and the checks of the model's outputs."""
+    randomized = version == "rand"
 
     def clean_local(xb, yb, ib, key):
         if not randomized:
@@ -294,144 +227,91 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib))
 
     clean_run = _mesh.sharded(clean_local, mesh, num_batched=3)
+    n = x.shape[0]
     clean_correct = np.zeros(n, bool)
     outputs = []
-    chunks, size = _chunks(n, batch_size, mesh.size)
-    for sel in np.array_split(np.arange(n), chunks):
+    count, size = ensemble.chunks(n, batch_size, mesh.size)
+    for sel in np.array_split(np.arange(n), count):
         ok, lg = _mesh.map_batch(clean_run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
                                  [jax.random.fold_in(key, 10_000)], size=size)
         clean_correct[sel] = ok
         outputs.append(lg)
-    warnings += _output_checks(np.concatenate(outputs), logits_fn if not randomized else None,
-                               x[:min(n, batch_size)], version)
-    robust = clean_correct.copy()
-    broken_by = np.where(clean_correct, "", "clean").astype(object)
-    x_adv = x.copy()
-    accuracy_after, seconds = {}, {}
-    log.info("AutoAttack %s (%s, eps %g) on %d examples: clean accuracy %.2f%%", version, norm,
-             eps, n, 100 * clean_correct.mean())
-    t_all = time.time()
-    first = 0
-    if resume_dir:
-        fp = rowstore.fingerprint(
-            dict(names=names, eps=float(eps), norm=norm, version=version, num_steps=num_steps,
-                 num_queries=num_queries, eot_samples=eot_samples, batch_size=batch_size,
-                 bounds=[lo, hi], atol=atol), 0, key, data=rowstore.data_fingerprint(x, y),
-            models=None if randomized else rowstore.model_fingerprint(logits_fn, x))
-        first, stored = _load_stage(resume_dir, names, fp)
-        if stored is not None:
-            robust, x_adv = stored["robust"], stored["x_adv"]
-            broken_by = stored["broken_by"].astype(object)
-            accuracy_after = json.loads(str(stored["accuracy_after"]))
-            seconds = json.loads(str(stored["seconds"]))
-            log.info("resumed after %s (stored in %s)", names[first - 1], resume_dir)
-    for i, name in enumerate(names):
-        if i < first:
-            continue
-        attack, stage_args = _stage_attack(name, eps=eps, norm=norm, version=version,
-                                           num_steps=num_steps, num_queries=num_queries,
-                                           bounds=(lo, hi), eot_samples=eot_samples)
-
-        def run_local(xb, yb, ib, key, arg, attack=attack):
-            def one(xe, ye, ke, arg):
-                kattack, keval = jax.random.split(ke)
-                adv = attack(logits_fn, xe, ye, kattack, arg)
-                return adv, evaluate.adversarial_checks(evaluated(keval), xe, ye, adv,
-                                                        norm=norm)
-            return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib), arg)
-
-        run = _mesh.sharded(run_local, mesh, num_batched=3)
-        sizes = _SizePlanner(batch_size, mesh.size, adaptive=jax.process_count() == 1)
-        t0 = time.time()
-        todo = int(robust.sum()) * len(stage_args)
-        done = 0
-        for s, arg in enumerate(stage_args):
-            idx = np.flatnonzero(robust)
-            if not len(idx):
-                break
-            chunks, size = sizes.plan(len(idx))
-            stage_key = jax.random.fold_in(jax.random.fold_in(key, i), s)
-            for sel in np.array_split(idx, chunks):
-                t_call = time.time()
-                adv, checks = _mesh.map_batch(
-                    run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
-                    [stage_key, np.int32(arg)], size=size)
-                sizes.record(size, time.time() - t_call)
-                evaluate.validate_checks(checks, eps=float(eps), atol=float(atol), norm=norm,
-                                         bounds=(lo, hi), index=sel)
-                hit = ~checks["adv_ok"]
-                robust[sel[hit]] = False
-                broken_by[sel[hit]] = name
-                x_adv[sel[hit]] = adv[hit]
-                done += len(sel)
-                elapsed = time.time() - t0
-                left_here = max(todo - done, 0)
-                log.info("%s%s: %d/%d examples, %d robust left (%.2f%%), %.0fs, ETA %.0fs",
-                         name, (f" {'target' if name in ('apgd-t', 'fab-t') else 'restart'} {arg}"
-                                if len(stage_args) > 1 else ""), done,
-                         todo, int(robust.sum()), 100 * robust.mean(), elapsed,
-                         elapsed / max(done, 1) * left_here)
-            todo = done + int(robust.sum()) * (len(stage_args) - s - 1)
-        accuracy_after[name] = float(robust.mean())
-        seconds[name] = time.time() - t0
-        log.info("after %s: robust accuracy %.2f%% (%.1fs)", name, 100 * robust.mean(),
-                 seconds[name])
-        if resume_dir and _mesh.is_primary():
-            _save_stage(resume_dir, i, fp, robust=robust, x_adv=x_adv,
-                        broken_by=broken_by.astype(str),
-                        accuracy_after=json.dumps(accuracy_after), seconds=json.dumps(seconds))
-    if "square" in accuracy_after:
-        before = [v for k, v in accuracy_after.items() if k != "square"]
-        sq_gain = (min(before) if before else clean_correct.mean()) - accuracy_after["square"]
-        if before and sq_gain > 0.002:
-            warnings.append(f"Square, which uses no gradients, lowered the robust accuracy by "
-                            f"{100 * sq_gain:.2f} points after the gradient attacks: a sign "
-                            "of gradient masking; the evaluation may be unreliable")
-    for w in warnings:
-        log.warning(w)
-    log.info("AutoAttack robust accuracy %.2f%% (%.1fs)", 100 * robust.mean(),
-             time.time() - t_all)
-    return AutoAttackResult(clean_accuracy=float(clean_correct.mean()),
-                            robust_accuracy=float(robust.mean()),
-                            accuracy_after=accuracy_after, seconds=seconds,
-                            clean_correct=clean_correct, correct=robust,
-                            broken_by=broken_by.astype(str), x_adv=x_adv, warnings=warnings)
+    warnings = ensemble.output_checks(np.concatenate(outputs),
+                                      None if randomized else logits_fn,
+                                      x[:min(n, batch_size)], version)
+    return clean_correct, warnings
 
 
-def _stage_path(resume_dir: str, i: int) -> str:
-    return os.path.join(resume_dir, f"stage{i:02d}.npz")
+def _resume(state: _State, resume_dir: str, names, fp: str) -> int:
+    """Step 3: the state after the last stored attack; returns how many attacks are done."""
+    first, stored = ensemble.load_stage(resume_dir, names, fp)
+    if stored is not None:
+        state.robust, state.x_adv = stored["robust"], stored["x_adv"]
+        state.broken_by = stored["broken_by"].astype(object)
+        state.accuracy_after = json.loads(str(stored["accuracy_after"]))
+        state.seconds = json.loads(str(stored["seconds"]))
+        log.info("resumed after %s (stored in %s)", names[first - 1], resume_dir)
+    return first
 
 
-def _load_stage(resume_dir: str, names, fp: str):
-    """``(attacks done, stored arrays)`` of the last stage stored with fingerprint ``fp``."""
-    for i in reversed(range(len(names))):
-        try:
-            with np.load(_stage_path(resume_dir, i), allow_pickle=False) as f:
-                if str(f["fingerprint"]) == fp:
-                    return i + 1, {k: f[k] for k in f.files}
-        except (OSError, ValueError, KeyError):
-            continue
-    return 0, None
+def _run_attack(logits_fn, x, y, key, name, state: _State, settings: dict, *, atol,
+                batch_size, mesh, randomized):
+    """Step 4: one attack of the ensemble, stage by stage (restart or target rank), each on
+    the examples still robust, in equal padded batches; every result validated."""
+    attack, stage_args = ensemble.stage_attack(name, **settings)
+    norm, (lo, hi) = settings["norm"], settings["bounds"]
+
+    def run_local(xb, yb, ib, key, arg):
+        def one(xe, ye, ke, arg):
+            kattack, keval = jax.random.split(ke)
+            adv = attack(logits_fn, xe, ye, kattack, arg)
+            model = (lambda z: logits_fn(z, keval)) if randomized else logits_fn
+            return adv, evaluate.adversarial_checks(model, xe, ye, adv, norm=norm)
+        return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib), arg)
+
+    run = _mesh.sharded(run_local, mesh, num_batched=3)
+    sizes = ensemble.SizePlanner(batch_size, mesh.size, adaptive=jax.process_count() == 1)
+    t0 = time.time()
+    todo, done = int(state.robust.sum()) * len(stage_args), 0
+    for s, arg in enumerate(stage_args):
+        idx = np.flatnonzero(state.robust)
+        if not len(idx):
+            break
+        count, size = sizes.plan(len(idx))
+        for sel in np.array_split(idx, count):
+            t_call = time.time()
+            adv, checks = _mesh.map_batch(run, mesh, [x[sel], y[sel], sel.astype(np.int32)],
+                                          [jax.random.fold_in(key, s), np.int32(arg)],
+                                          size=size)
+            sizes.record(size, time.time() - t_call)
+            evaluate.validate_checks(checks, eps=float(settings["eps"]), atol=float(atol),
+                                     norm=norm, bounds=(lo, hi), index=sel)
+            hit = ~checks["adv_ok"]
+            state.robust[sel[hit]] = False
+            state.broken_by[sel[hit]] = name
+            state.x_adv[sel[hit]] = adv[hit]
+            done += len(sel)
+            _progress(name, arg, len(stage_args) > 1, done, todo, state.robust, t0)
+        todo = done + int(state.robust.sum()) * (len(stage_args) - s - 1)
 
 
-def _save_stage(resume_dir: str, i: int, fp: str, **arrays) -> None:
-    os.makedirs(resume_dir, exist_ok=True)
-    path = _stage_path(resume_dir, i)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, fingerprint=fp, **arrays)
-    os.replace(path + ".tmp", path)
+def _progress(name, arg, staged, done, todo, robust, t0):
+    elapsed = time.time() - t0
+    stage = (f" {'target' if name in ('apgd-t', 'fab-t') else 'restart'} {arg}"
+             if staged else "")
+    log.info("%s%s: %d/%d examples, %d robust left (%.2f%%), %.0fs, ETA %.0fs", name, stage,
+             done, todo, int(robust.sum()), 100 * robust.mean(), elapsed,
+             elapsed / max(done, 1) * max(todo - done, 0))
 
 
-def _output_checks(logits: np.ndarray, logits_fn, x_probe, version) -> list:
-    """The official code's checks on the model's outputs (probabilities, randomness)."""
-    out = []
-    if (logits.max() <= 1 + 1e-5 and logits.min() >= -1e-5
-            and np.all(np.abs(logits.sum(-1) - 1) < 1e-5)):
-        out.append("logits_fn seems to return probabilities; AutoAttack needs logits")
-    if logits_fn is not None and version != "rand":
-        a = np.asarray(logits_fn(jnp.asarray(x_probe)))
-        b = np.asarray(logits_fn(jnp.asarray(x_probe)))
-        if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
-            out.append("logits_fn gave different outputs for the same inputs: a randomised "
-                       "defence needs version='rand'")
-    return out
+def _masking_warnings(accuracy_after: dict, clean_accuracy: float) -> list:
+    """Step 5: Square, which uses no gradient, beating the gradient attacks (official check)."""
+    if "square" not in accuracy_after:
+        return []
+    before = [v for k, v in accuracy_after.items() if k != "square"]
+    sq_gain = (min(before) if before else clean_accuracy) - accuracy_after["square"]
+    if before and sq_gain > 0.002:
+        return [f"Square, which uses no gradients, lowered the robust accuracy by "
+                f"{100 * sq_gain:.2f} points after the gradient attacks: a sign "
+                "of gradient masking; the evaluation may be unreliable"]
+    return []
