@@ -86,10 +86,10 @@ def main(argv):
     skip = set(_SKIP.value) | ({"pyautoattack"} if missing else set())
     setup_logging()
     run = train.load_run(_WORKDIR.value)
-    if run.config.dataset not in ("mnist", "fashion_mnist"):
-        raise app.UsageError(f"--workdir must hold an MnistCNN model, got {run.config.dataset}")
-    eps = run.config.eps if _EPS.value is None else _EPS.value
-    x, y = data.load(run.config.dataset, "test", _DATA_DIR.value or run.config.data_dir)
+    if run.config.data.dataset not in ("mnist", "fashion_mnist"):
+        raise app.UsageError(f"--workdir must hold an MnistCNN model, got {run.config.data.dataset}")
+    eps = run.config.threat.eps if _EPS.value is None else _EPS.value
+    x, y = data.load(run.config.data.dataset, "test", _DATA_DIR.value or run.config.data.data_dir)
     n = min(_EXAMPLES.value, len(x))
     x, y = x[:n].astype(np.float32) / 255.0, y[:n].astype(np.int64)
     diff, tdev = None, "cpu"
@@ -105,7 +105,7 @@ def main(argv):
             raise SystemExit(f"the PyTorch port disagrees with the model (max logit difference "
                              f"{diff}); the comparison would not be like for like")
     print(f"# AutoAttack {_VERSION.value}, {_NORM.value} eps {eps:g}, {n} test digits, "
-          f"{run.config.dataset} MnistCNN({run.config.width}) from {_WORKDIR.value}")
+          f"{run.config.data.dataset} MnistCNN({run.config.model.width}) from {_WORKDIR.value}")
     print(f"# JAX {jax.__version__} ({jax.default_backend()}, XLA flags added: "
           f"{added_flags or 'none'}); PyTorch {torch.__version__ if torch else 'not installed'} "
           f"({tdev}); threads {threads}; batch {_BATCH.value}; max logit difference {diff}"

@@ -78,12 +78,12 @@ def main(argv):
     run = train.load_run(FLAGS.workdir)
     cfg = run.config
     threats = _threat_models(cfg)
-    x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
+    x, y = data.load(cfg.data.dataset, "test", FLAGS.data_dir or cfg.data.data_dir)
     n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
     x, y = x[:n].astype(np.float32) / 255.0, y[:n]
     outputs = []
     for norm, eps in threats:
-        default = "autoattack" if (norm, eps) == (cfg.train_norm, cfg.eps) else (
+        default = "autoattack" if (norm, eps) == (cfg.threat.train_norm, cfg.threat.eps) else (
             f"autoattack_{norm}_{eps:g}")  # other threat models do not overwrite it
         if len(threats) == 1:
             out = FLAGS.output_dir or os.path.join(FLAGS.workdir, default)
@@ -114,10 +114,10 @@ def _threat_models(cfg) -> list:
             raise app.UsageError(f"--eps must be >= 0, got {','.join(FLAGS.eps)}")
     out = []
     for nm, e in zip(norms, eps):
-        if e is None and nm != cfg.train_norm:
+        if e is None and nm != cfg.threat.train_norm:
             raise app.UsageError(f"--eps is required for --norm={nm} (the training eps is "
-                                 f"{cfg.train_norm})")
-        out.append((nm, cfg.eps if e is None else e))
+                                 f"{cfg.threat.train_norm})")
+        out.append((nm, cfg.threat.eps if e is None else e))
     if len(set(out)) != len(out):
         raise app.UsageError("--norm/--eps repeat a threat model")
     return out
@@ -150,8 +150,8 @@ def _evaluate(run, cfg, x, y, norm, eps, out) -> dict:
         version=FLAGS.version, attacks=list(res.accuracy_after), n_examples=int(n),
         num_steps=FLAGS.num_steps, num_queries=FLAGS.num_queries,
         seconds=seconds, seconds_per_attack=res.seconds, warnings=res.warnings,
-        dataset=cfg.dataset, split="test", seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-        model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.width,
+        dataset=cfg.data.dataset, split="test", seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+        model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.model.width,
                    params=run.params),
         training=dict(cfg.to_json(), final_step=run.step,
                       workdir=os.path.abspath(FLAGS.workdir)),

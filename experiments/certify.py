@@ -71,7 +71,7 @@ def _parse(cfg):
             raise app.UsageError(f"--attacks must be a list from "
                                  f"{','.join(bracket.ATTACK_ROWS)}, got {a!r}")
     if FLAGS.eps is None:
-        return [cfg.eps]
+        return [cfg.threat.eps]
     try:
         eps = [float(e) for e in FLAGS.eps]
     except ValueError:
@@ -119,10 +119,10 @@ def main(argv):
     if FLAGS.memory_budget_gib:
         settings.update(memory_budget_gib=FLAGS.memory_budget_gib)
     results = dict(
-        dataset=cfg.dataset, split="test", n_examples=int(n), norm="linf", **settings,
+        dataset=cfg.data.dataset, split="test", n_examples=int(n), norm="linf", **settings,
         methods=list(FLAGS.methods), attacks=list(FLAGS.attacks), seconds=time.time() - t_all,
-        model=dict(arch=train.build_model(cfg).__class__.__name__, config_arch=cfg.arch,
-                   width=cfg.width, params=run.params),
+        model=dict(arch=train.build_model(cfg).__class__.__name__, config_arch=cfg.model.arch,
+                   width=cfg.model.width, params=run.params),
         training=dict(cfg.to_json(), final_step=run.step,
                       workdir=os.path.abspath(FLAGS.workdir)),
         jax=jax.__version__, device=jax.devices()[0].device_kind, eps=per_eps, rows=rows)

@@ -9,7 +9,6 @@ Tuple fields (``lr_boundaries``, ``eval_attack_steps``) are comma-separated list
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 from absl import app, flags
 
@@ -18,15 +17,20 @@ from robustjax.training.config import TrainConfig
 from robustjax.data.datasets import DATASETS
 
 FLAGS = flags.FLAGS
-FIELDS = dataclasses.fields(TrainConfig)
+FIELDS = [f for _, f in TrainConfig.fields()]   # one flag per field, by its flat name
 
 flags.DEFINE_string("workdir", None, "Output directory (config, metrics, checkpoints, results). "
                     "Rerunning with the same workdir resumes.")
 
 
+def _kind(f: dataclasses.Field):
+    """The field's type (``Optional[str]`` -> str)."""
+    return {"int": int, "float": float, "bool": bool, "tuple": tuple}.get(f.type, str)
+
+
 def _define(f: dataclasses.Field) -> None:
     meta, default = f.metadata, f.default
-    kind = typing.get_type_hints(TrainConfig)[f.name]
+    kind = _kind(f)
     if meta.get("choices"):
         flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"])
     elif kind is bool:
@@ -47,7 +51,7 @@ for _f in FIELDS:
 
 def _from_flag(f: dataclasses.Field):
     value = FLAGS[f.name].value
-    if typing.get_type_hints(TrainConfig)[f.name] is tuple:
+    if _kind(f) is tuple:
         try:
             return tuple(int(v) for v in value)
         except ValueError:

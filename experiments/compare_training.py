@@ -101,9 +101,9 @@ def method_overrides(method: str) -> dict:
 def method_title(method: str, config) -> str:
     name = method.partition(":")[0]
     if name == "trades":
-        return f"TRADES (beta {config.trades_beta:g})"
+        return f"TRADES (beta {config.loss.trades_beta:g})"
     if name == "madry":
-        return f"Madry (PGD-{config.attack_steps})"
+        return f"Madry (PGD-{config.threat.attack_steps})"
     return TITLES[name]
 
 
@@ -116,8 +116,8 @@ def eval_specs(eps: float, pgd_steps: int) -> list:
 
 
 def weights_of(config) -> list[str]:
-    return ["last"] + (["ema"] if config.ema_decay > 0 else []) + (
-        ["best"] if config.eval_every > 0 else [])
+    return ["last"] + (["ema"] if config.optim.ema_decay > 0 else []) + (
+        ["best"] if config.evaluation.eval_every > 0 else [])
 
 
 def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_size: int,
@@ -131,7 +131,7 @@ def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_si
     evaluated = {}  # (step, "last" | "ema") -> row: the best checkpoint is often the last
     for which in weights_of(config):
         run = train.load_run(run_dir, which)
-        kind = "ema" if which == "ema" or (which == "best" and config.ema_decay > 0) else "last"
+        kind = "ema" if which == "ema" or (which == "best" and config.optim.ema_decay > 0) else "last"
         if (run.step, kind) in evaluated:
             same = evaluated[(run.step, kind)]
             out.append(dict(same, weights=which, same_as=same["weights"], eval_s=0.0))
@@ -139,7 +139,7 @@ def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_si
                   f"'{same['weights']}'", flush=True)
             continue
         t0 = time.time()
-        res = suite.run_suite(run.logits_fn, x, y, eval_specs(run.config.eps, pgd_steps),
+        res = suite.run_suite(run.logits_fn, x, y, eval_specs(run.config.threat.eps, pgd_steps),
                               batch_size=batch_size, key=jax.random.PRNGKey(seed),
                               resume_dir=os.path.join(run_dir, f"eval_{which}"))
         acc = {r["name"]: r["accuracy"] for r in res.rows}
@@ -267,25 +267,25 @@ def run(root: str, methods: list[str], *, test_examples: int, attack_batch_size:
         curves[m] = read_eval_log(run_dir)
         titles[m] = method_title(m, config)
         if x is None:
-            x, y = figures.test_data(train.load_run(run_dir, "last"), config.data_dir,
+            x, y = figures.test_data(train.load_run(run_dir, "last"), config.data.data_dir,
                                      test_examples)
         rows += evaluate_method(m, run_dir, x, y, pgd_steps=eval_pgd_steps,
-                                batch_size=attack_batch_size, seed=config.seed)
-    out = dict(dataset=base.dataset, split="test", n=int(len(x)), eps=base.eps, norm="linf",
+                                batch_size=attack_batch_size, seed=config.run.seed)
+    out = dict(dataset=base.data.dataset, split="test", n=int(len(x)), eps=base.threat.eps, norm="linf",
                config={k: v for k, v in base.to_json().items()
                        if k not in ("train_attack", "objective")},
-               methods=methods, evaluation=[s.name for s in eval_specs(base.eps, eval_pgd_steps)],
+               methods=methods, evaluation=[s.name for s in eval_specs(base.threat.eps, eval_pgd_steps)],
                rows=rows, best=best)
     if not mesh.is_primary():  # process 0 writes the files
         return out
     figures.write_json(os.path.join(root, "comparison.json"), out)
     table = markdown(rows, eval_pgd_steps)
     with open(os.path.join(root, "comparison.md"), "w") as f:
-        f.write(f"{base.dataset}, L-inf eps {base.eps:g}, first {len(x)} test images\n\n"
+        f.write(f"{base.data.dataset}, L-inf eps {base.threat.eps:g}, first {len(x)} test images\n\n"
                 + table)
     print(table)
     plot_validation(curves, titles, best, os.path.join(root, "validation.png"))
-    plot_clean_vs_robust(rows, os.path.join(root, "clean_vs_autoattack.png"), eps=base.eps)
+    plot_clean_vs_robust(rows, os.path.join(root, "clean_vs_autoattack.png"), eps=base.threat.eps)
     print(f"results: {os.path.join(root, 'comparison.json')}")
     return out
 

@@ -172,9 +172,9 @@ def main(argv):
     from robustjax.evaluation import sweeps
 
     cfg = models[0].run.config
-    eps = _eps_list(cfg.dataset, FLAGS.norm)
+    eps = _eps_list(cfg.data.dataset, FLAGS.norm)
     key = jax.random.PRNGKey(FLAGS.seed)
-    result = dict(dataset=cfg.dataset, split="test", norm=FLAGS.norm, n_examples=len(x),
+    result = dict(dataset=cfg.data.dataset, split="test", norm=FLAGS.norm, n_examples=len(x),
                   attacks=list(FLAGS.attacks), num_steps=FLAGS.num_steps,
                   num_queries=FLAGS.num_queries, seed=FLAGS.seed, models=[],
                   jax=jax.__version__, device=jax.devices()[0].device_kind)
@@ -198,8 +198,8 @@ def main(argv):
                 seconds=time.time() - t0)
         entry["certified"] = _certified_curves(model, x, y, eps, curves)
         entry["clean_accuracy"] = next(iter(curves.values())).clean_accuracy
-        entry["checks"] = sweeps.masking_checks(curves, train_eps=cfg.eps,
-                                                same_norm=FLAGS.norm == cfg.train_norm)
+        entry["checks"] = sweeps.masking_checks(curves, train_eps=cfg.threat.eps,
+                                                same_norm=FLAGS.norm == cfg.threat.train_norm)
         for c in entry["checks"]:
             line = (f"{model.label}: {c['check']} ({c['attack']}): "
                     f"{'ok' if c['passed'] else 'FAILED'}: {c['detail']}")

@@ -44,9 +44,9 @@ def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:
     models = [Model(_label(run), workdir, run)]
     if natural_workdir:
         nat = train.load_run(natural_workdir)
-        if nat.config.dataset != models[0].run.config.dataset:
-            raise ValueError(f"--natural_workdir holds a {nat.config.dataset} model, --workdir a "
-                             f"{models[0].run.config.dataset} one: they must match")
+        if nat.config.data.dataset != models[0].run.config.data.dataset:
+            raise ValueError(f"--natural_workdir holds a {nat.config.data.dataset} model, --workdir a "
+                             f"{models[0].run.config.data.dataset} one: they must match")
         models.append(Model(_label(nat), natural_workdir, nat))
     if len({m.label for m in models}) < len(models):
         models = [m._replace(label=f"{m.label} ({os.path.basename(os.path.normpath(m.workdir))})")
@@ -55,13 +55,13 @@ def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:
 
 
 def _label(run) -> str:
-    if run.config.objective == "trades":
+    if run.config.loss.objective == "trades":
         return "adversarial (TRADES)"
-    if run.config.objective in ("ibp", "crown_ibp"):
-        return f"certified ({run.config.objective.replace('_', '-').upper()})"
+    if run.config.loss.objective in ("ibp", "crown_ibp"):
+        return f"certified ({run.config.loss.objective.replace('_', '-').upper()})"
     return {"none": "natural", "pgd": "adversarial (PGD)", "fgsm": "adversarial (FGSM)",
-            "fgsm_rs": "adversarial (Fast AT)"}.get(run.config.train_attack,
-                                                    run.config.train_attack)
+            "fgsm_rs": "adversarial (Fast AT)"}.get(run.config.threat.train_attack,
+                                                    run.config.threat.train_attack)
 
 
 def test_data(run, data_dir: str | None, examples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def test_data(run, data_dir: str | None, examples: int) -> tuple[np.ndarray, np.
 
     if examples == 0 or examples < -1:
         raise app.UsageError(f"--examples must be -1 (all) or positive, got {examples}")
-    x, y = data.load(run.config.dataset, "test", data_dir or run.config.data_dir)
+    x, y = data.load(run.config.data.dataset, "test", data_dir or run.config.data.data_dir)
     n = len(x) if examples == -1 else min(examples, len(x))
     return x[:n].astype(np.float32) / 255.0, y[:n]
 
@@ -78,9 +78,9 @@ def test_data(run, data_dir: str | None, examples: int) -> tuple[np.ndarray, np.
 def model_info(model: Model) -> dict:
     cfg = model.run.config
     return dict(label=model.label, workdir=os.path.abspath(model.workdir),
-                arch="CifarResNet" if cfg.dataset == "cifar10" else "MnistCNN", width=cfg.width,
-                params=model.run.params, train_attack=cfg.train_attack, train_eps=cfg.eps,
-                train_norm=cfg.train_norm, step=model.run.step)
+                arch="CifarResNet" if cfg.data.dataset == "cifar10" else "MnistCNN", width=cfg.model.width,
+                params=model.run.params, train_attack=cfg.threat.train_attack, train_eps=cfg.threat.eps,
+                train_norm=cfg.threat.train_norm, step=model.run.step)
 
 
 def write_json(path: str, obj: dict) -> None:

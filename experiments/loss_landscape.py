@@ -129,14 +129,14 @@ def main(argv):
     from robustjax.runtime import mesh
 
     cfg = models[0].run.config
-    eps = cfg.eps if FLAGS.eps is None else FLAGS.eps
-    step = cfg.eval_attack_step_size if FLAGS.step_size is None else FLAGS.step_size
+    eps = cfg.threat.eps if FLAGS.eps is None else FLAGS.eps
+    step = cfg.evaluation.eval_attack_step_size if FLAGS.step_size is None else FLAGS.step_size
     settings = dict(restarts=FLAGS.restarts, examples=len(x), steps=FLAGS.steps,
                     step_size=step, eps=eps, norm="linf", loss="xent",
                     trajectories=min(FLAGS.trajectories, FLAGS.restarts),
                     chunk_size=FLAGS.chunk_size, seed=FLAGS.seed)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "loss_landscape")
-    result = dict(dataset=cfg.dataset, split="test", settings=settings, models=[],
+    result = dict(dataset=cfg.data.dataset, split="test", settings=settings, models=[],
                   jax=jax.__version__, device=jax.devices()[0].device_kind)
     finals = {}
     total = len(models) * len(x) * FLAGS.restarts

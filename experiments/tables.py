@@ -89,18 +89,18 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
         raise app.UsageError("--workdir (the evaluated model's training workdir) is required")
     run_a = train.load_run(FLAGS.workdir)
     cfg = run_a.config
-    if cfg.dataset not in dataset_family:
-        raise app.UsageError(f"--workdir holds a {cfg.dataset} model; this table is for "
+    if cfg.data.dataset not in dataset_family:
+        raise app.UsageError(f"--workdir holds a {cfg.data.dataset} model; this table is for "
                              f"{'/'.join(dataset_family)}")
     loaded = {}
     for name, wd in sources.items():
         if wd:
             src = train.load_run(wd)
-            if src.config.dataset != cfg.dataset:
-                raise app.UsageError(f"source {name} ({wd}) is a {src.config.dataset} model, "
-                                     f"A is {cfg.dataset}")
+            if src.config.data.dataset != cfg.data.dataset:
+                raise app.UsageError(f"source {name} ({wd}) is a {src.config.data.dataset} model, "
+                                     f"A is {cfg.data.dataset}")
             loaded[name] = src
-    x, y = data.load(cfg.dataset, "test", FLAGS.data_dir or cfg.data_dir)
+    x, y = data.load(cfg.data.dataset, "test", FLAGS.data_dir or cfg.data.data_dir)
     n = len(x) if FLAGS.examples == -1 else min(FLAGS.examples, len(x))
     x, y = x[:n].astype("float32") / 255.0, y[:n]
     specs = suite_specs(make_specs(set(loaded)), FLAGS.suite)
@@ -126,12 +126,12 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     if FLAGS.suite == "all":
         rows += certified_rows(run_a.logits_fn, x, y, specs[0].eps, res.worst_case_correct)
     results = dict(
-        dataset=cfg.dataset, split="test", n=int(n),
-        model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.width,
+        dataset=cfg.data.dataset, split="test", n=int(n),
+        model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.model.width,
                    params=run_a.params),
         training=dict(cfg.to_json(), final_step=run_a.step, workdir=os.path.abspath(FLAGS.workdir)),
-        sources={k: dict(workdir=os.path.abspath(sources[k]), width=v.config.width,
-                         train_attack=v.config.train_attack, seed=v.config.seed,
+        sources={k: dict(workdir=os.path.abspath(sources[k]), width=v.config.model.width,
+                         train_attack=v.config.threat.train_attack, seed=v.config.run.seed,
                          params=v.params) for k, v in loaded.items()},
         eval=dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, suite=FLAGS.suite,
                   seconds=time.time() - t0, devices=jax.device_count(),

@@ -17,7 +17,6 @@ __all__ = ["check_choice", "is_concrete", "check_scalar", "check_int", "check_bo
            "check_xy", "checked_logits"]
 
 
-
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -319,16 +319,16 @@ def test_certified_keeps_a_rounding_margin():
 
 def test_config_json_records_only_what_the_objective_reads():
     from robustjax.training.config import TrainConfig
-    ibp = TrainConfig(objective="ibp", train_attack="fgsm").to_json()
+    ibp = TrainConfig(objective="ibp", train_attack="fgsm").to_flat_json()
     for name in ("train_attack", "attack_steps", "attack_step_size", "trades_beta",
                  "crown_beta_start", "bn_attack_mode"):
         assert name not in ibp, name
     assert ibp["kappa_end"] == 0.5
-    assert TrainConfig(objective="crown_ibp").to_json()["crown_beta_start"] == 1.0
-    madry = TrainConfig().to_json()
+    assert TrainConfig(objective="crown_ibp").to_flat_json()["crown_beta_start"] == 1.0
+    madry = TrainConfig().to_flat_json()
     assert madry["attack_steps"] == 40 and "kappa_start" not in madry
-    assert "trades_beta" not in madry and TrainConfig(objective="trades").to_json()["trades_beta"]
-    assert "attack_steps" not in TrainConfig(train_attack="none").to_json()
+    assert "trades_beta" not in madry and TrainConfig(objective="trades").to_flat_json()["trades_beta"]
+    assert "attack_steps" not in TrainConfig(train_attack="none").to_flat_json()
     # A saved configuration reloads to the same run (the unread fields take their defaults).
     cfg = TrainConfig(objective="crown_ibp", eps=0.2)
     assert TrainConfig.from_json(cfg.to_json()) == cfg

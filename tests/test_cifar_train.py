@@ -74,7 +74,7 @@ def test_pgd_training_decreases_the_loss():
     model, tx, state, x, y = _setup(cfg)
     step = jax.jit(train.make_train_step(cfg, model, tx))
     losses = []
-    for _ in range(cfg.steps):
+    for _ in range(cfg.run.steps):
         state, m = step(state, x, y)
         losses.append(float(m["loss"]))
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
@@ -137,7 +137,7 @@ def test_bfloat16_step_trains_and_keeps_invariants():
     assert float(jnp.max(jnp.abs(x_adv - xb))) > 0.9 * EPS  # the attack moved
     step = jax.jit(train.make_train_step(cfg, model, tx))
     losses = []
-    for _ in range(cfg.steps):
+    for _ in range(cfg.run.steps):
         state, m = step(state, x, y)
         losses.append(float(m["loss"]))
     assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(state.params))

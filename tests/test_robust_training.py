@@ -140,7 +140,7 @@ def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start():
 def test_ema_after_k_updates_is_the_closed_form(idx_dir):
     d, k = 0.8, 5
     cfg = _tiny(idx_dir, train_attack="none", ema_decay=d)
-    images, labels = data.load(cfg.dataset, "train", cfg.data_dir)
+    images, labels = data.load(cfg.data.dataset, "train", cfg.data.data_dir)
     images, labels = jnp.asarray(images[:200]), jnp.asarray(labels[:200])
     model, tx = train.build_model(cfg), train.make_optimizer(cfg)
     state = train.create_state(cfg, model, tx, images[:1].astype(jnp.float32))
@@ -201,7 +201,7 @@ def test_best_checkpoint_is_the_step_with_the_best_validation_accuracy(idx_dir, 
     wd = str(tmp_path / "wd")
     os.makedirs(wd)
     workdir.write_config(wd, cfg)
-    images, labels = data.load(cfg.dataset, "train", cfg.data_dir)
+    images, labels = data.load(cfg.data.dataset, "train", cfg.data.data_dir)
     model, tx = train.build_model(cfg), train.make_optimizer(cfg)
     state = train.create_state(cfg, model, tx, jnp.zeros((1, 28, 28, 1)))
     step = jax.jit(train.make_train_step(cfg, model, tx))

@@ -50,7 +50,7 @@ def test_resume_equals_uninterrupted(idx_dir, tmp_path, caplog, schedule):
     np.testing.assert_array_equal(a, b)
     # And training moved the parameters at all.
     fresh = train.build_model(cfg)
-    p0 = train.create_state(cfg, fresh, optax.adam(cfg.lr), _probe()[:1]).params
+    p0 = train.create_state(cfg, fresh, optax.adam(cfg.optim.lr), _probe()[:1]).params
     assert not np.allclose(fresh.apply({"params": p0}, _probe()), a)
 
 
@@ -87,18 +87,18 @@ def test_train_step_is_the_danskin_step(idx_dir):
 
     xtr, ytr = data.load("mnist", "train", idx_dir)
     images, labels = jnp.asarray(xtr), jnp.asarray(ytr)  # uint8, as the step takes them
-    model, tx = train.build_model(cfg), optax.adam(cfg.lr)
+    model, tx = train.build_model(cfg), optax.adam(cfg.optim.lr)
     state = train.create_state(cfg, model, tx, jnp.zeros((1, 28, 28, 1)))
     new_state, _ = jax.jit(train.make_train_step(cfg, model, tx))(state, images, labels)
 
     data_key, attack_root = jax.random.split(state.key)
-    idx = train.batch_indices(data_key, state.step, images.shape[0], cfg.batch_size)
+    idx = train.batch_indices(data_key, state.step, images.shape[0], cfg.run.batch_size)
     x, y = images[idx].astype(jnp.float32) / 255.0, labels[idx]
     key = jax.random.fold_in(attack_root, state.step)
 
     f0 = lambda z: model.apply({"params": state.params}, z)  # noqa: E731
-    x_adv = attacks.pgd(f0, x, y, key, eps=cfg.eps, step_size=cfg.attack_step_size,
-                        num_steps=cfg.attack_steps)
+    x_adv = attacks.pgd(f0, x, y, key, eps=cfg.threat.eps, step_size=cfg.threat.attack_step_size,
+                        num_steps=cfg.threat.attack_steps)
 
     def stepped(inputs):
         def loss(params):

@@ -24,7 +24,6 @@ __all__ = ["checkpoint_schedule", "checkpoint_table", "RuleState", "rule_init", 
 Array = jax.Array
 
 
-
 def checkpoint_schedule(num_steps: int) -> tuple[int, ...]:
     """The checkpoints w_j = ceil(p_j * N) after which the step-size rule is checked.
 

@@ -109,7 +109,6 @@ def is_fooled(logits: Array, labels: Array, *, targeted: bool = False) -> Array:
     return pred == labels if targeted else pred != labels
 
 
-
 def _schedule(step_size: StepSize) -> Callable[[Array], Array]:
     if callable(step_size):
         return step_size

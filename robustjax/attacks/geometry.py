@@ -21,7 +21,6 @@ Array = jax.Array
 _TINY = 1e-12
 
 
-
 def _per_example(fn, v: Array) -> Array:
     """Reduce over every axis but the batch axis, keeping dims for broadcasting."""
     return fn(v, axis=tuple(range(1, v.ndim)), keepdims=True)

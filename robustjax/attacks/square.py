@@ -208,32 +208,12 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
         sgn = signs(k[1], (b, 1, 1, c))
         if norm == "linf":
             cand = jnp.where(win, jnp.clip(x + eps * sgn, lo, hi), x_best)
-        elif norm == "l1":
-            vh2, vw2 = corner(k[2])
-            win2 = _window_mask(rows, cols, vh2, vw2, s)
-            delta = x_best - x
-            in1 = _sum_hw(jnp.abs(delta * win))
-            in_both = _sum_hw(jnp.abs(delta * (win | win2)))
-            pattern = _place(_eta_table(s, eta_size, "l1"), rows, cols, vh, vw,
-                             jax.random.bernoulli(k[3], 0.5, (b,)))
-            new = pattern * sgn + delta * win / (1e-12 + in1)
-            budget = (jnp.maximum(eps - _l1n(delta), 0.0) / c + in_both) * c
-            new = new / (1e-12 + _sum_hw(jnp.abs(new))) * budget
-            delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
-            cand = _l1.project_l1_box(x, x + delta, l1_radius, lo, hi)
         else:
             vh2, vw2 = corner(k[2])
-            win2 = _window_mask(rows, cols, vh2, vw2, s)
-            delta = x_best - x
-            in1 = jnp.sqrt(_sum_hw(jnp.square(delta * win)))
-            in_both = jnp.sqrt(_sum_hw(jnp.square(delta * (win | win2))))
-            pattern = _place(_eta_table(s, eta_size), rows, cols, vh, vw,
-                             jax.random.bernoulli(k[3], 0.5, (b,)))
-            new = pattern * sgn + delta * win / (1e-12 + in1)
-            budget = jnp.sqrt(jnp.maximum(eps ** 2 - _l2(delta) ** 2, 0.0) / c + in_both ** 2)
-            new = new / (1e-12 + jnp.sqrt(_sum_hw(new * new))) * budget
-            delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
-            cand = jnp.clip(x + eps * delta / (_l2(delta) + 1e-12), lo, hi)
+            cand = _lp_candidate(norm, x, x_best, win, _window_mask(rows, cols, vh2, vw2, s),
+                                 _place(_eta_table(s, eta_size, norm), rows, cols, vh, vw,
+                                        jax.random.bernoulli(k[3], 0.5, (b,))),
+                                 sgn, eps=eps, l1_radius=l1_radius, lo=lo, hi=hi)
         cand = cand.astype(x.dtype)
         margin, value = margin_and_loss(cand)
         active = margin_min > 0
@@ -250,6 +230,29 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
     init = (jnp.asarray(0, jnp.int32), x_best, margin_min, loss_min, jnp.ones(b, jnp.int32))
     _, x_best, _, _, _ = jax.lax.while_loop(cond, body, init)
     return x_best
+
+
+def _lp_candidate(norm, x, x_best, win, win2, pattern, sgn, *, eps, l1_radius, lo, hi):
+    """Square's L2 / L1 proposal (Andriushchenko et al. 2020, Algorithm 3 and the L1 version
+    of Croce & Hein 2021): the perturbation's mass in both windows moved into the first,
+    with a new pattern there, then scaled back onto the eps-sphere."""
+    c = x.shape[-1]
+    delta = x_best - x
+    if norm == "l1":
+        in1 = _sum_hw(jnp.abs(delta * win))
+        in_both = _sum_hw(jnp.abs(delta * (win | win2)))
+        new = pattern * sgn + delta * win / (1e-12 + in1)
+        budget = (jnp.maximum(eps - _l1n(delta), 0.0) / c + in_both) * c
+        new = new / (1e-12 + _sum_hw(jnp.abs(new))) * budget
+        delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
+        return _l1.project_l1_box(x, x + delta, l1_radius, lo, hi)
+    in1 = jnp.sqrt(_sum_hw(jnp.square(delta * win)))
+    in_both = jnp.sqrt(_sum_hw(jnp.square(delta * (win | win2))))
+    new = pattern * sgn + delta * win / (1e-12 + in1)
+    budget = jnp.sqrt(jnp.maximum(eps ** 2 - _l2(delta) ** 2, 0.0) / c + in_both ** 2)
+    new = new / (1e-12 + jnp.sqrt(_sum_hw(new * new))) * budget
+    delta = jnp.where(win, new, jnp.where(win2, 0.0, delta))
+    return jnp.clip(x + eps * delta / (_l2(delta) + 1e-12), lo, hi)
 
 
 def _tiled_start(key, shape, norm):

@@ -53,6 +53,8 @@ import optax
 from robustjax.certify.graph import UnsupportedPrimitiveError, trace
 from robustjax.certify.memory import Chunked, available_memory, memory_per_example, too_big
 from robustjax.certify.crown import Bounder, batch_axis_ok
+from robustjax.certify.spec import (METHODS, NORMS, canonical_method, check_box, check_inputs,
+                                    check_settings, margin_rows, margin_spec, scatter_margins)
 
 __all__ = ["METHODS", "NORMS", "bounds", "certified", "make_bound_fn", "margin_spec",
            "margin_lower_bounds", "certified_margins", "certified_loss", "check_settings",
@@ -60,94 +62,7 @@ __all__ = ["METHODS", "NORMS", "bounds", "certified", "make_bound_fn", "margin_s
            "UnsupportedPrimitiveError", "MARGIN_RTOL"]
 
 log = logging.getLogger("robustjax.certify.verifier")
-METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown")
-NORMS = ("linf", "l2", "l1")
 MARGIN_RTOL = 1e-5
-
-
-def _method(method):
-    return method.replace("-", "_") if isinstance(method, str) else method
-
-
-def check_settings(eps, norm, method) -> None:
-    """Raises ValueError naming a bad eps (negative, not finite), norm or method."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if _method(method) not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    e = np.asarray(eps, dtype=np.float64)
-    if not np.all(np.isfinite(e)) or np.any(e < 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-
-
-def _check_box(bounds) -> tuple:
-    try:
-        lo, hi = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise ValueError(f"bounds must be a pair (low, high) of numbers, got {bounds!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"bounds must be finite with low < high, got {bounds!r}")
-    return lo, hi
-
-
-def check_inputs(x, bounds=(0.0, 1.0)) -> np.ndarray:
-    """``x`` as float32, or ValueError naming the first example outside ``bounds`` or not finite.
-
-    The verified set is the ball intersected with the box ``bounds``; an input
-    outside the box (beyond float rounding: 1e-6 relative) would be moved into
-    it, and its bounds would not contain the model's real output there.
-    """
-    lo, hi = _check_box(bounds)
-    x = np.asarray(x, np.float32)
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch of inputs with rank >= 2 (batch first), "
-                         f"got shape {x.shape}")
-    flat = x.reshape(x.shape[0], -1)
-    bad = ~np.all(np.isfinite(flat), axis=1)
-    if bad.any():
-        raise ValueError(f"x[{int(np.argmax(bad))}] holds NaN or infinite values "
-                         f"({int(bad.sum())} such example(s))")
-    tol = 1e-6 * max(1.0, abs(lo), abs(hi))
-    mins, maxs = flat.min(axis=1), flat.max(axis=1)
-    bad = (mins < lo - tol) | (maxs > hi + tol)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(
-            f"x[{i}] lies outside bounds [{lo:g}, {hi:g}]: its values range over "
-            f"[{mins[i]:g}, {maxs[i]:g}] ({int(bad.sum())} such example(s)); pass bounds= "
-            f"the box the inputs live in (normalised inputs need their own box, or the "
-            f"normalisation inside logits_fn)")
-    return x
-
-
-def margin_spec(y, num_classes: int):
-    """Rows e_y - e_j (j = 0..K-1; row y is zero): the margins z_y - z_j. Shape [B, K, K]."""
-    onehot = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
-    return onehot[:, None, :] - jnp.eye(num_classes, dtype=jnp.float32)[None]
-
-
-def _other_classes(y, num_classes: int):
-    """[B, K-1]: the classes j != y of each example, in the order y+1, y+2, ... (mod K)."""
-    return (y[:, None] + 1 + jnp.arange(num_classes - 1)[None]) % num_classes
-
-
-def _margin_rows(y, num_classes: int):
-    """Rows e_y - e_j for j != y only, [B, K-1, K] (a bound pass costs one pass per row)."""
-    xp = np if isinstance(y, np.ndarray) else jnp
-    others = xp.asarray(_other_classes(y, num_classes))
-    eye = xp.eye(num_classes, dtype=xp.float32)
-    return eye[y][:, None, :] - eye[others]
-
-
-def _scatter_margins(rows, y, num_classes: int, own):
-    """[B, K] from per-row bounds [B, K-1] of :func:`_margin_rows`, ``own`` at j = y."""
-    xp = np if isinstance(rows, np.ndarray) else jnp
-    others = xp.asarray(_other_classes(y, num_classes))
-    full = xp.full(rows.shape[:1] + (num_classes,), own, rows.dtype)
-    if xp is np:
-        np.put_along_axis(full, others, rows, axis=1)
-        return full
-    return full.at[jnp.arange(rows.shape[0])[:, None], others].set(rows)
 
 
 def _bound_rows(graph, settings, x, eps, spec, beta, *, batched):
@@ -210,13 +125,13 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
     ``alpha_steps`` / ``alpha_lr``: alpha-CROWN's projected Adam steps on the lower
     slopes (``upper=False`` optimises the lower bounds only).
     """
-    method = _method(method)
+    method = canonical_method(method)
     check_settings(0.0, norm, method)
     if per_example not in ("auto", True, False):
         raise ValueError(f"per_example must be 'auto', True or False, got {per_example!r}")
     if isinstance(alpha_steps, bool) or not isinstance(alpha_steps, int) or alpha_steps < 0:
         raise ValueError(f"alpha_steps must be an integer >= 0, got {alpha_steps!r}")
-    box = _check_box(bounds)
+    box = check_box(bounds)
     settings = (method, int(crown_max_neurons), norm, box, alpha_steps, float(alpha_lr),
                 bool(upper))
     key = (settings, bool(upcast), per_example)
@@ -251,7 +166,7 @@ def make_bound_fn(logits_fn: Callable, *, method: str = "ibp", norm: str = "linf
 
 def _bounds(logits_fn, x, eps, norm, method, box, spec, batch_size, crown_max_neurons,
             memory_budget=None, upcast=False, alpha_steps=20, upper=True):
-    method = _method(method)
+    method = canonical_method(method)
     check_settings(eps, norm, method)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -325,10 +240,10 @@ def _margins(logits_fn, x, y, eps, method, norm, bounds, batch_size, crown_max_n
     k = k.shape[-1]
     if y.min() < 0 or y.max() >= k:
         raise ValueError(f"y must hold labels in [0, {k}), got values in [{y.min()}, {y.max()}]")
-    lo, hi = _bounds(logits_fn, x, eps, norm, method, bounds, _margin_rows(y, k),
+    lo, hi = _bounds(logits_fn, x, eps, norm, method, bounds, margin_rows(y, k),
                      batch_size, crown_max_neurons, memory_budget, upcast, alpha_steps,
                      upper=False)
-    return _scatter_margins(lo, y, k, np.inf), _scatter_margins(hi, y, k, np.inf)
+    return scatter_margins(lo, y, k, np.inf), scatter_margins(hi, y, k, np.inf)
 
 
 def certified_margins(logits_fn: Callable, x, y, *, eps, method: str = "ibp",
@@ -378,7 +293,7 @@ def margin_lower_bounds(logits_fn: Callable, x, y, *, eps, method: str = "ibp",
     offered here; CROWN and alpha-CROWN, whose memory grows with the neurons of
     each layer squared, run in memory-sized chunks through :func:`certified_margins`.
     """
-    if _method(method) not in ("ibp", "crown_ibp"):
+    if canonical_method(method) not in ("ibp", "crown_ibp"):
         raise ValueError(f"margin_lower_bounds takes method 'ibp' or 'crown_ibp', got "
                          f"{method!r}; use certified_margins for CROWN and alpha-CROWN (it "
                          f"runs in chunks that fit the memory)")
@@ -386,8 +301,8 @@ def margin_lower_bounds(logits_fn: Callable, x, y, *, eps, method: str = "ibp",
     fn = make_bound_fn(logits_fn, method=method, norm=norm, bounds=bounds,
                        crown_max_neurons=crown_max_neurons, jit=False, per_example=per_example,
                        upper=False)
-    lo, _ = fn(x, eps, _margin_rows(y, k), beta)
-    return _scatter_margins(lo, y, k, 0.0)
+    lo, _ = fn(x, eps, margin_rows(y, k), beta)
+    return scatter_margins(lo, y, k, 0.0)
 
 
 def certified_loss(logits_fn: Callable, x, y, *, eps, kappa, method: str = "ibp",

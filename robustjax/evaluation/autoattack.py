@@ -57,6 +57,7 @@ __all__ = ["ATTACKS", "VERSIONS", "version_attacks", "AutoAttackResult", "autoat
 
 log = logging.getLogger("robustjax.evaluation.autoattack")
 
+
 class AutoAttackResult(NamedTuple):
     """Output of :func:`autoattack`.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Mapping, NamedTuple, Optional, Sequence
 
@@ -35,6 +34,7 @@ from robustjax.evaluation import accuracy as evaluate
 from robustjax.attacks import fab
 from robustjax.runtime import rowstore
 from robustjax.attacks import square
+from robustjax.evaluation.report import markdown_table, write_results  # noqa: F401
 from robustjax.runtime import mesh as _mesh
 
 __all__ = ["AttackSpec", "SuiteResult", "run_suite", "make_attack", "markdown_table",
@@ -360,43 +360,3 @@ def run_suite(logits_fn, x, y, specs: Sequence[AttackSpec], *,
                      step_size=None, restarts=None, loss=None, kappa=None, targeted=None,
                      source="all", accuracy=float(worst.mean())))
     return SuiteResult(rows=rows, correct=correct, worst_case_correct=worst)
-
-
-def _cell(v, fmt="{}"):
-    return "-" if v is None else fmt.format(v)
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    """Rows of results.json laid out like the paper's tables (Method, Steps, Restarts, Source, Accuracy).
-
-    An AutoAttack row is followed by one line per attack of the ensemble with
-    the robust accuracy after it.
-    """
-    lines = ["| Method | eps | Steps | Step size | Restarts | Source | Accuracy |",
-             "|---|---:|---:|---:|---:|---|---:|"]
-    for r in rows:
-        name = r.get("name") or r["attack"]
-        fgsm_or_nat = r["attack"] in ("natural", "fgsm")
-        lines.append("| " + " | ".join([
-            name, _cell(r["eps"], "{:g}"),
-            "-" if fgsm_or_nat else _cell(r["steps"]),
-            "-" if fgsm_or_nat else _cell(r["step_size"], "{:g}"),
-            "-" if fgsm_or_nat else _cell(r["restarts"]),
-            "-" if r["attack"] == "natural" else r["source"],
-            f"{100 * r['accuracy']:.2f}%"]) + " |")
-        for attack, acc in (r.get("after") or {}).items():
-            lines.append(f"| &nbsp;&nbsp;after {attack} | | | | | | {100 * acc:.2f}% |")
-    return "\n".join(lines)
-
-
-def write_results(path: str, results: dict, *, table: bool = True) -> None:
-    """Writes ``results`` to ``path`` atomically, and (``table``) its markdown next to it (``.md``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
-    if table:
-        md = os.path.splitext(path)[0] + ".md"
-        with open(md + ".tmp", "w") as f:
-            f.write(markdown_table(results["rows"]) + "\n")
-        os.replace(md + ".tmp", md)

@@ -57,7 +57,7 @@ class Diverged(ValueError):
 
 def _load_split(config: TrainConfig, split: str):
     """uint8 images [N, H, W, C] and int32 labels of ``split``."""
-    return data.load(config.dataset, split, config.data_dir)
+    return data.load(config.data.dataset, split, config.data.data_dir)
 
 
 def evaluation_specs(config: TrainConfig) -> list:
@@ -66,22 +66,21 @@ def evaluation_specs(config: TrainConfig) -> list:
     FGSM is L-inf only; L2 and L1 runs get the natural and PGD-k rows, with steps of
     2.5 eps / k.
     """
-    eps, norm = config.eps, config.train_norm
+    eps, norm = config.threat.eps, config.threat.train_norm
     specs = [suite.AttackSpec("Natural", attack="natural", eps=eps, norm=norm)]
     if norm == "linf":
         specs.append(suite.AttackSpec("FGSM", attack="fgsm", eps=eps))
-    for k in (int(k) for k in config.eval_attack_steps if int(k) > 0):
-        ss = config.eval_attack_step_size if norm == "linf" else 2.5 * eps / k
+    for k in (int(k) for k in config.evaluation.eval_attack_steps if int(k) > 0):
+        ss = config.evaluation.eval_attack_step_size if norm == "linf" else 2.5 * eps / k
         specs.append(suite.AttackSpec("PGD", eps=eps, steps=k, step_size=ss, norm=norm))
     return specs
 
 
 def evaluate_model(logits_fn, x, y, config: TrainConfig, key=None, mesh=None) -> list[dict]:
     """Rows of :func:`evaluation_specs` plus the per-example worst case (Section 5)."""
-    key = jax.random.PRNGKey(config.seed + 1) if key is None else key
+    key = jax.random.PRNGKey(config.run.seed + 1) if key is None else key
     return suite.run_suite(logits_fn, x, y, evaluation_specs(config),
-                           batch_size=config.eval_batch_size, key=key, mesh=mesh).rows
-
+                           batch_size=config.evaluation.eval_batch_size, key=key, mesh=mesh).rows
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *,
@@ -117,18 +116,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *,
     """
     config.validate()
     mesh = _mesh.make_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
+    if config.run.batch_size % mesh.size:
+        raise ValueError(f"batch_size {config.run.batch_size} must be divisible by the number of "
                          f"devices ({mesh.size}) to shard the batch")
     primary = _mesh.is_primary()  # several processes: process 0 alone writes files
     xtr, ytr = _load_split(config, "train")
     xte, yte = _load_split(config, "test")
     val = None
-    if config.eval_every:
-        xtr, ytr, xval, yval = validation.split_validation(xtr, ytr, config.val_examples)
+    if config.evaluation.eval_every:
+        xtr, ytr, xval, yval = validation.split_validation(xtr, ytr, config.evaluation.val_examples)
         val = (xval, yval)
-    if config.batch_size > len(xtr):
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(xtr)} training "
+    if config.run.batch_size > len(xtr):
+        raise ValueError(f"batch_size {config.run.batch_size} exceeds the {len(xtr)} training "
                          "examples")
     owner = _start(config, workdir, primary)
     try:
@@ -165,6 +164,87 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
            stop_after: Optional[int], val=None):
     """The training loop; returns ``(final state, training summary)``, or None when
     stopped by ``stop_after``."""
+    model, tx, state, manager, metrics_path = _restore(config, workdir, mesh, primary, xtr)
+    validator = None
+    if val is not None:
+        validator = validation.PeriodicValidation(
+            config, workdir, primary,
+            lambda v: model_logits_fn(config, model, v["params"], v["batch_stats"]), *val,
+            mesh=mesh)
+        validator.resume(int(state.step))
+    train_s = _workdir.last_record(metrics_path).get("train_s", 0.0)
+    one_step = make_train_step(config, model, tx, mesh)
+    calls = {1: jax.jit(stacked(one_step, 1), donate_argnums=0)}
+    if config.run.steps_per_call > 1:
+        calls[config.run.steps_per_call] = jax.jit(
+            stacked(one_step, config.run.steps_per_call), donate_argnums=0)
+    # The whole training set on every device, as uint8 (CIFAR-10: 150 MB).
+    images, labels = _mesh.replicate(mesh, (xtr, ytr))
+    log.info("training %s on %s: %d device(s), %d process(es), %s parameters",
+             type(model).__name__, config.data.dataset, mesh.size, jax.process_count(),
+             f"{models.param_count(state.params):,}")
+
+    def save(step, state, pending, first):
+        _check_finite(pending, first, state, step, manager)
+        _workdir.save_state(manager, step, state)
+
+    start = int(state.step)
+    pending, t_last, s_last = [], time.time(), start
+    end = config.run.steps if stop_after is None else min(stop_after, config.run.steps)
+    done = start
+    val_note = ""
+    with _sigterm_flag() as sigterm, open(metrics_path if primary else os.devnull, "a") as mf:
+        while done < end:
+            # A call of steps_per_call steps, or single steps up to the next log,
+            # checkpoint, evaluation or end step: at most two compiled programs.
+            boundary = min(_next_multiple(done, config.run.log_every),
+                           _next_multiple(done, config.run.checkpoint_every),
+                           _next_multiple(done, config.evaluation.eval_every or end), end)
+            k = config.run.steps_per_call if boundary - done >= config.run.steps_per_call else 1
+            state, m = calls[k](state, images, labels)
+            pending.append(m)
+            done += k
+            if done % config.run.log_every == 0 or done == config.run.steps:
+                _check_finite(pending, s_last + 1, None, done, manager)
+                now = time.time()
+                train_s += now - t_last
+                _log_progress(config, mf, pending, done, done - s_last, now - t_last, train_s,
+                              val_note)
+                pending, t_last, s_last = [], now, done
+            evaluate_now = validator is not None and validator.due(done)
+            if evaluate_now:
+                # Evaluate, offer the state to best_checkpoint/, then checkpoint it
+                # (see PeriodicValidation on resume).
+                _check_finite(pending, s_last + 1, state, done, manager)
+                manager.wait_until_finished()
+                t_eval = time.time()
+                rec = validator.run(done, state)
+                val_note = f"  val {validator.attack} {rec[validator.scored]['robust_acc']:.3f}"
+                t_last += time.time() - t_eval  # validation time is not training time
+            if (done % config.run.checkpoint_every == 0 or done in (config.run.steps, end)
+                    or evaluate_now):
+                save(done, state, pending, s_last + 1)
+            # Every process stops at the same step: a SIGTERM that reached any of
+            # them stops all (one all-gather of a flag per call with several processes).
+            if _mesh.any_process(sigterm.is_set()):
+                if manager.latest_step() != done:
+                    save(done, state, pending, s_last + 1)
+                manager.wait_until_finished()
+                log.info("SIGTERM: saved the checkpoint of step %d; rerun to resume", done)
+                raise Preempted(done, workdir)
+    manager.wait_until_finished()
+    if end < config.run.steps:
+        log.info("stopped at step %d of %d (stop_after)", end, config.run.steps)
+        return None
+    summary = dict(final_step=int(state.step), train_s=train_s)
+    if validator is not None:
+        summary["best"] = validator.summary()
+    return state, summary
+
+
+def _restore(config: TrainConfig, workdir: str, mesh, primary: bool, xtr):
+    """The model, optimiser and state (from the last checkpoint when there is one), the
+    checkpoint manager, and ``metrics.jsonl`` cut back to the restored step."""
     model = build_model(config)
     tx = make_optimizer(config)
     state = create_state(config, model, tx, jnp.zeros((1,) + xtr.shape[1:], jnp.float32))
@@ -177,91 +257,24 @@ def _train(config: TrainConfig, workdir: str, mesh, primary: bool, xtr, ytr,
         log.info("resumed from step %d", int(state.step))
     if primary:
         _workdir.truncate_metrics(metrics_path, int(state.step))
-    validator = None
-    if val is not None:
-        validator = validation.PeriodicValidation(
-            config, workdir, primary,
-            lambda v: model_logits_fn(config, model, v["params"], v["batch_stats"]), *val,
-            mesh=mesh)
-        validator.resume(int(state.step))
-    train_s = _workdir.last_record(metrics_path).get("train_s", 0.0)
-    one_step = make_train_step(config, model, tx, mesh)
-    calls = {1: jax.jit(stacked(one_step, 1), donate_argnums=0)}
-    if config.steps_per_call > 1:
-        calls[config.steps_per_call] = jax.jit(stacked(one_step, config.steps_per_call),
-                                               donate_argnums=0)
-    # The whole training set on every device, as uint8 (CIFAR-10: 150 MB).
-    images, labels = _mesh.replicate(mesh, (xtr, ytr))
-    log.info("training %s on %s: %d device(s), %d process(es), %s parameters",
-             type(model).__name__, config.dataset, mesh.size, jax.process_count(),
-             f"{models.param_count(state.params):,}")
+    return model, tx, state, manager, metrics_path
 
-    def save(step, state, pending, first):
-        _check_finite(pending, first, state, step, manager)
-        _workdir.save_state(manager, step, state)
 
-    start = int(state.step)
-    pending, t_last, s_last = [], time.time(), start
-    end = config.steps if stop_after is None else min(stop_after, config.steps)
-    done = start
-    val_note = ""
-    with _sigterm_flag() as sigterm, open(metrics_path if primary else os.devnull, "a") as mf:
-        while done < end:
-            # A call of steps_per_call steps, or single steps up to the next log,
-            # checkpoint, evaluation or end step: at most two compiled programs.
-            boundary = min(_next_multiple(done, config.log_every),
-                           _next_multiple(done, config.checkpoint_every),
-                           _next_multiple(done, config.eval_every or end), end)
-            k = config.steps_per_call if boundary - done >= config.steps_per_call else 1
-            state, m = calls[k](state, images, labels)
-            pending.append(m)
-            done += k
-            if done % config.log_every == 0 or done == config.steps:
-                _check_finite(pending, s_last + 1, None, done, manager)
-                avg = {k: float(v) for k, v in jax.tree_util.tree_map(
-                    lambda *a: jnp.mean(jnp.concatenate(a)), *pending).items()}
-                pending = []
-                now = time.time()
-                train_s += now - t_last
-                ex_s = (done - s_last) * config.batch_size / max(now - t_last, 1e-9)
-                eta = (config.steps - done) * config.batch_size / max(ex_s, 1e-9)
-                rec = dict(step=done, **avg, examples_per_s=ex_s, eta_s=eta, time=now,
-                           train_s=train_s)
-                mf.write(json.dumps(rec) + "\n")
-                mf.flush()
-                log.info("step %d/%d  loss %.4f  nat_acc %.3f  adv_acc %.3f  eps %.3f  "
-                         "%.0f ex/s  ETA %s%s", done, config.steps, avg["loss"], avg["nat_acc"],
-                         avg["adv_acc"], avg["eps"], ex_s, _fmt_time(eta), val_note)
-                t_last, s_last = now, done
-            evaluate_now = validator is not None and validator.due(done)
-            if evaluate_now:
-                # Evaluate, offer the state to best_checkpoint/, then checkpoint it
-                # (see PeriodicValidation on resume).
-                _check_finite(pending, s_last + 1, state, done, manager)
-                manager.wait_until_finished()
-                t_eval = time.time()
-                rec = validator.run(done, state)
-                val_note = f"  val {validator.attack} {rec[validator.scored]['robust_acc']:.3f}"
-                t_last += time.time() - t_eval  # validation time is not training time
-            if (done % config.checkpoint_every == 0 or done in (config.steps, end)
-                    or evaluate_now):
-                save(done, state, pending, s_last + 1)
-            # Every process stops at the same step: a SIGTERM that reached any of
-            # them stops all (one all-gather of a flag per call with several processes).
-            if _mesh.any_process(sigterm.is_set()):
-                if manager.latest_step() != done:
-                    save(done, state, pending, s_last + 1)
-                manager.wait_until_finished()
-                log.info("SIGTERM: saved the checkpoint of step %d; rerun to resume", done)
-                raise Preempted(done, workdir)
-    manager.wait_until_finished()
-    if end < config.steps:
-        log.info("stopped at step %d of %d (stop_after)", end, config.steps)
-        return None
-    summary = dict(final_step=int(state.step), train_s=train_s)
-    if validator is not None:
-        summary["best"] = validator.summary()
-    return state, summary
+def _log_progress(config: TrainConfig, mf, pending, done: int, steps: int, seconds: float,
+                  train_s: float, val_note: str) -> None:
+    """One progress line and one ``metrics.jsonl`` record: the metrics averaged over the
+    ``steps`` since the last line, examples/s and the ETA."""
+    avg = {k: float(v) for k, v in jax.tree_util.tree_map(
+        lambda *a: jnp.mean(jnp.concatenate(a)), *pending).items()}
+    now = time.time()
+    ex_s = steps * config.run.batch_size / max(seconds, 1e-9)
+    eta = (config.run.steps - done) * config.run.batch_size / max(ex_s, 1e-9)
+    rec = dict(step=done, **avg, examples_per_s=ex_s, eta_s=eta, time=now, train_s=train_s)
+    mf.write(json.dumps(rec) + "\n")
+    mf.flush()
+    log.info("step %d/%d  loss %.4f  nat_acc %.3f  adv_acc %.3f  eps %.3f  %.0f ex/s  ETA %s%s",
+             done, config.run.steps, avg["loss"], avg["nat_acc"], avg["adv_acc"], avg["eps"],
+             ex_s, _fmt_time(eta), val_note)
 
 
 def _next_multiple(step: int, every: int) -> int:
@@ -308,8 +321,8 @@ class _sigterm_flag:
 def _evaluate_and_write(config: TrainConfig, workdir: str, mesh, primary: bool, state, summary,
                         xte, yte, evaluate: bool = True):
     model = build_model(config)
-    n = len(xte) if config.eval_examples == -1 else min(config.eval_examples, len(xte))
-    ema = config.ema_decay > 0
+    n = len(xte) if config.evaluation.eval_examples == -1 else min(config.evaluation.eval_examples, len(xte))
+    ema = config.optim.ema_decay > 0
     params, stats = ((state.ema_params, state.ema_batch_stats) if ema
                      else (state.params, state.batch_stats))
     rows = []
@@ -317,9 +330,9 @@ def _evaluate_and_write(config: TrainConfig, workdir: str, mesh, primary: bool, 
         logits_fn = jax.jit(model_logits_fn(config, model, params, stats))
         rows = evaluate_model(logits_fn, xte[:n].astype(np.float32) / 255.0, yte[:n], config,
                               mesh=mesh)
-    results = dict(dataset=config.dataset, split="test", n=int(n) if evaluate else 0,
+    results = dict(dataset=config.data.dataset, split="test", n=int(n) if evaluate else 0,
                    weights="ema" if ema else "last",
-                   model=dict(arch=type(model).__name__, width=config.width,
+                   model=dict(arch=type(model).__name__, width=config.model.width,
                               params=models.param_count(state.params)),
                    training=dict(config.to_json(), **summary), rows=rows)
     if primary:

@@ -50,12 +50,12 @@ def kernel_mask(params):
 
 def learning_rate(config: TrainConfig):
     """The learning-rate schedule of ``config`` (an optax schedule or a float)."""
-    if config.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, config.steps)
-    if config.lr_schedule == "piecewise":
+    if config.optim.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(config.optim.lr, config.run.steps)
+    if config.optim.lr_schedule == "piecewise":
         return optax.piecewise_constant_schedule(
-            config.lr, {int(b): 0.1 for b in config.lr_boundaries})
-    return config.lr
+            config.optim.lr, {int(b): 0.1 for b in config.optim.lr_boundaries})
+    return config.optim.lr
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -66,10 +66,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     cifar10_challenge), before the optimizer; biases and batch norm are exempt.
     """
     lr = learning_rate(config)
-    opt = (optax.adam(lr) if config.optimizer == "adam"
-           else optax.sgd(lr, momentum=config.momentum or None))
-    if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernel_mask),
+    opt = (optax.adam(lr) if config.optim.optimizer == "adam"
+           else optax.sgd(lr, momentum=config.optim.momentum or None))
+    if config.optim.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.optim.weight_decay, mask=kernel_mask),
                            opt)
     return opt
 
@@ -77,20 +77,20 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def build_model(config: TrainConfig):
     """The network for ``config``: MnistCNN(width) for digits, CifarResNet(width) for CIFAR-10,
     or the ``arch`` of Gowal et al. 2018 (``dm_small`` / ``dm_medium`` / ``dm_large``)."""
-    if config.arch != "madry":
-        return models.DMCNN(arch=config.arch)
-    if config.dataset == "cifar10":
-        return models.CifarResNet(width=config.width)
-    return models.MnistCNN(width=config.width)
+    if config.model.arch != "madry":
+        return models.DMCNN(arch=config.model.arch)
+    if config.data.dataset == "cifar10":
+        return models.CifarResNet(width=config.model.width)
+    return models.MnistCNN(width=config.model.width)
 
 
 def create_state(config: TrainConfig, model, tx, sample: jax.Array) -> TrainState:
-    """Initial state from ``config.seed``."""
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    """Initial state from ``config.run.seed``."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.run.seed))
     variables = model.init(init_key, sample, train=False)
     params = variables["params"]
     stats = variables.get("batch_stats", {})
-    ema = config.ema_decay > 0
+    ema = config.optim.ema_decay > 0
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       batch_stats=stats, key=train_key,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None,
@@ -99,14 +99,14 @@ def create_state(config: TrainConfig, model, tx, sample: jax.Array) -> TrainStat
 
 def compute_params(config: TrainConfig, params):
     """Parameters as used in the forward pass: float32, or cast to bfloat16."""
-    if config.compute_dtype == "float32":
+    if config.model.compute_dtype == "float32":
         return params
     return jax.tree_util.tree_map(
         lambda a: a.astype(jnp.bfloat16) if a.dtype == jnp.float32 else a, params)
 
 
 def model_logits_fn(config: TrainConfig, model, params, batch_stats, *, train: bool = False):
-    """``x -> float32 logits`` in ``config.compute_dtype``; batch-norm statistics never updated.
+    """``x -> float32 logits`` in ``config.model.compute_dtype``; batch-norm statistics never updated.
 
     ``train=True`` uses each batch's own statistics (``bn_attack_mode="train"``).
     Inputs stay float32 at the boundary: in bfloat16 the gradient that reaches
@@ -115,7 +115,7 @@ def model_logits_fn(config: TrainConfig, model, params, batch_stats, *, train: b
     variables = {"params": compute_params(config, params)}
     if batch_stats:
         variables["batch_stats"] = batch_stats
-    dtype = jnp.dtype(config.compute_dtype)
+    dtype = jnp.dtype(config.model.compute_dtype)
 
     def logits_fn(x):
         z = x.astype(dtype)

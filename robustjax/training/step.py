@@ -41,15 +41,15 @@ __all__ = ["eps_at", "ramp_at", "batch_indices", "adversarial_batch", "make_trai
 def ramp_at(config: TrainConfig, step):
     """Progress of the eps ramp at ``step``, in [0, 1]: 0 before ``eps_ramp_start``, then
     linear over ``eps_ramp_steps`` (Gowal et al. 2018's warm-up and ramp)."""
-    if config.eps_ramp_steps == 0:
-        return jnp.where(step >= config.eps_ramp_start, 1.0, 0.0)
-    return jnp.clip((step - config.eps_ramp_start) / config.eps_ramp_steps, 0.0, 1.0)
+    if config.threat.eps_ramp_steps == 0:
+        return jnp.where(step >= config.threat.eps_ramp_start, 1.0, 0.0)
+    return jnp.clip((step - config.threat.eps_ramp_start) / config.threat.eps_ramp_steps, 0.0, 1.0)
 
 
 def eps_at(config: TrainConfig, step):
     """The training eps at ``step``: ``train_eps`` (or eps) times the ramp's progress."""
-    eps = config.eps if config.train_eps < 0 else config.train_eps
-    if config.eps_ramp_steps == 0 and config.eps_ramp_start == 0:
+    eps = config.threat.eps if config.threat.train_eps < 0 else config.threat.train_eps
+    if config.threat.eps_ramp_steps == 0 and config.threat.eps_ramp_start == 0:
         return eps
     return eps * ramp_at(config, step)
 
@@ -75,34 +75,34 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
     ``bn_attack_mode="madry"``. With a ``mesh``, the batch is sharded over it.
     """
     data_key, attack_key_root = jax.random.split(state.key)
-    idx = batch_indices(data_key, state.step, images.shape[0], config.batch_size)
+    idx = batch_indices(data_key, state.step, images.shape[0], config.run.batch_size)
     x = images[idx].astype(jnp.float32) / 255.0
     y = labels[idx]
     if mesh is not None:
         x = jax.lax.with_sharding_constraint(x, data_sharding(mesh))
         y = jax.lax.with_sharding_constraint(y, data_sharding(mesh))
     key = jax.random.fold_in(attack_key_root, state.step)
-    if config.augment_pad or config.augment_flip:
+    if config.data.augment_pad or config.data.augment_flip:
         key, aug_key = jax.random.split(key)
-        x = augment.pad_crop_flip(aug_key, x, pad=config.augment_pad, flip=config.augment_flip)
+        x = augment.pad_crop_flip(aug_key, x, pad=config.data.augment_pad, flip=config.data.augment_flip)
     eps = eps_at(config, state.step)
     logits_fn = model_logits_fn(config, model, state.params, state.batch_stats,
-                                train=config.bn_attack_mode == "train")
-    if config.bn_attack_mode == "madry" and state.batch_stats:
+                                train=config.threat.bn_attack_mode == "train")
+    if config.threat.bn_attack_mode == "madry" and state.batch_stats:
         x_adv, stats = _pgd_updating_statistics(config, model, state, x, y, key, eps)
         return x, jax.lax.stop_gradient(x_adv), y, eps, stats
-    if config.objective in CERTIFIED_OBJECTIVES:
+    if config.loss.objective in CERTIFIED_OBJECTIVES:
         x_adv = x   # certified training bounds the whole ball: no attack
-    elif config.objective == "trades":
+    elif config.loss.objective == "trades":
         x_adv = trades.trades_attack(logits_fn, x, y, key, eps=eps,
-                                     step_size=config.attack_step_size,
-                                     num_steps=config.attack_steps, norm=config.train_norm)
-    elif config.train_attack == "pgd":
-        x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=config.attack_step_size,
-                            num_steps=config.attack_steps, norm=config.train_norm)
-    elif config.train_attack == "fgsm_rs":
+                                     step_size=config.threat.attack_step_size,
+                                     num_steps=config.threat.attack_steps, norm=config.threat.train_norm)
+    elif config.threat.train_attack == "pgd":
+        x_adv = attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=config.threat.attack_step_size,
+                            num_steps=config.threat.attack_steps, norm=config.threat.train_norm)
+    elif config.threat.train_attack == "fgsm_rs":
         x_adv = attacks.fgsm_rs(logits_fn, x, y, key, eps=eps)
-    elif config.train_attack == "fgsm":
+    elif config.threat.train_attack == "fgsm":
         x_adv = attacks.fgsm(logits_fn, x, y, eps=eps)
     else:
         x_adv = x
@@ -111,7 +111,7 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
 
 
 def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y, key, eps):
-    """PGD in ``config.train_norm`` whose every forward pass runs batch norm in train mode, updating
+    """PGD in ``config.threat.train_norm`` whose every forward pass runs batch norm in train mode, updating
     the running averages (``bn_attack_mode="madry"``: Madry's cifar10_challenge,
     where the TF batch norm updates its averages on every training-mode run).
 
@@ -119,9 +119,9 @@ def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y
     sign ascent, projection, clipping), with the statistics in the loop carry.
     Returns ``(x_adv, batch_stats)``.
     """
-    geometry = attacks.NORMS[config.train_norm]
+    geometry = attacks.NORMS[config.threat.train_norm]
     params = compute_params(config, state.params)
-    dtype = jnp.dtype(config.compute_dtype)
+    dtype = jnp.dtype(config.model.compute_dtype)
     x_adv = jnp.clip(x + geometry.random_init(key, x.shape, eps).astype(x.dtype), 0.0, 1.0)
 
     def body(_, carry):
@@ -133,12 +133,12 @@ def _pgd_updating_statistics(config: TrainConfig, model, state: TrainState, x, y
             return jnp.sum(attacks.xent_loss(logits.astype(jnp.float32), y)), upd["batch_stats"]
 
         grad, new_stats = jax.grad(objective, has_aux=True)(x_adv)
-        x_new = x_adv + config.attack_step_size * geometry.direction(grad, x_adv, 0.0, 1.0)
+        x_new = x_adv + config.threat.attack_step_size * geometry.direction(grad, x_adv, 0.0, 1.0)
         x_adv = geometry.to_box(x, x_new, eps, 0.0, 1.0)
         new_stats = jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new_stats, stats)
         return x_adv, new_stats
 
-    return jax.lax.fori_loop(0, config.attack_steps, body, (x_adv, state.batch_stats))
+    return jax.lax.fori_loop(0, config.threat.attack_steps, body, (x_adv, state.batch_stats))
 
 
 def make_train_step(config: TrainConfig, model, tx, mesh=None):
@@ -156,8 +156,8 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
     same program on one or many devices.
     """
     config.validate()
-    dtype = jnp.dtype(config.compute_dtype)
-    certified = config.objective in CERTIFIED_OBJECTIVES
+    dtype = jnp.dtype(config.model.compute_dtype)
+    certified = config.loss.objective in CERTIFIED_OBJECTIVES
 
     def forward(params, stats, z):
         """Train-mode logits (float32) and the batch-norm statistics after this pass."""
@@ -175,24 +175,24 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
         def loss_fn(params):
             if certified:
                 if stats:
-                    raise ValueError(f"objective {config.objective!r} needs a network without "
+                    raise ValueError(f"objective {config.loss.objective!r} needs a network without "
                                      f"batch norm (its bounds use inference mode)")
                 frac = ramp_at(config, state.step)
-                kappa = config.kappa_start + (config.kappa_end - config.kappa_start) * frac
-                beta = config.crown_beta_start + (
-                    config.crown_beta_end - config.crown_beta_start) * frac
+                kappa = config.loss.kappa_start + (config.loss.kappa_end - config.loss.kappa_start) * frac
+                beta = config.loss.crown_beta_start + (
+                    config.loss.crown_beta_end - config.loss.crown_beta_start) * frac
                 fn = model_logits_fn(config, model, params, stats)
                 loss, clean, lower = certify.certified_loss(
-                    fn, x, y, eps=eps, kappa=kappa, method=config.objective,
-                    beta=beta if config.objective == "crown_ibp" else None)
+                    fn, x, y, eps=eps, kappa=kappa, method=config.loss.objective,
+                    beta=beta if config.loss.objective == "crown_ibp" else None)
                 # "adv_acc" of a certified run: the batch's certified accuracy.
                 k = clean.shape[-1]
                 cert = jnp.all((lower > 0) | jax.nn.one_hot(y, k, dtype=bool), axis=1)
                 return loss, (jax.nn.one_hot(jnp.where(cert, y, (y + 1) % k), k), stats)
-            if config.objective == "trades":
+            if config.loss.objective == "trades":
                 clean_logits, stats_clean = forward(params, stats, x)
                 logits, new_stats = forward(params, stats_clean, x_adv)
-                loss = trades.trades_loss(clean_logits, logits, y, beta=config.trades_beta)
+                loss = trades.trades_loss(clean_logits, logits, y, beta=config.loss.trades_beta)
             else:
                 logits, new_stats = forward(params, stats, x_adv)
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -207,8 +207,8 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
                        nat_acc=jnp.mean(jnp.argmax(nat_logits, -1) == y), eps=eps)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   batch_stats=new_stats)
-        if config.ema_decay > 0:
-            rate = 1.0 - config.ema_decay
+        if config.optim.ema_decay > 0:
+            rate = 1.0 - config.optim.ema_decay
             new_state = new_state.replace(
                 ema_params=optax.incremental_update(params, state.ema_params, rate),
                 ema_batch_stats=optax.incremental_update(new_stats, state.ema_batch_stats,

@@ -146,16 +146,16 @@ class PeriodicValidation:
                  val_labels, mesh=None):
         self.config, self.primary = config, primary
         self.images, self.labels = val_images, val_labels
-        self.validate = make_validator(logits_fn_of, eps=config.eps,
-                                       attack_steps=config.val_attack_steps,
-                                       batch_size=config.eval_batch_size,
-                                       seed=config.seed + 2, mesh=mesh,
-                                       norm=config.train_norm)
+        self.validate = make_validator(logits_fn_of, eps=config.threat.eps,
+                                       attack_steps=config.evaluation.val_attack_steps,
+                                       batch_size=config.evaluation.eval_batch_size,
+                                       seed=config.run.seed + 2, mesh=mesh,
+                                       norm=config.threat.train_norm)
         self.path = os.path.join(workdir, "eval.jsonl")
         self.manager = _workdir.best_checkpoint_manager(workdir)
-        self.scored = "ema" if config.ema_decay > 0 else "last"
+        self.scored = "ema" if config.optim.ema_decay > 0 else "last"
         self.history: list[dict] = []
-        self.attack = f"APGD-CE-{config.val_attack_steps}"
+        self.attack = f"APGD-CE-{config.evaluation.val_attack_steps}"
 
     def resume(self, step: int) -> None:
         """Keeps the records of steps <= ``step`` (the restored checkpoint)."""
@@ -167,7 +167,7 @@ class PeriodicValidation:
             self.history = [r for r in self.history if r["step"] <= step]
 
     def due(self, step: int) -> bool:
-        return step % self.config.eval_every == 0 or step == self.config.steps
+        return step % self.config.evaluation.eval_every == 0 or step == self.config.run.steps
 
     def run(self, step: int, state) -> dict:
         """Evaluates ``state`` at ``step``; returns the record written to eval.jsonl."""
@@ -176,7 +176,7 @@ class PeriodicValidation:
                    last=self.validate(dict(params=state.params,
                                            batch_stats=state.batch_stats),
                                       self.images, self.labels))
-        if self.config.ema_decay > 0:
+        if self.config.optim.ema_decay > 0:
             rec["ema"] = self.validate(dict(params=state.ema_params,
                                             batch_stats=state.ema_batch_stats),
                                        self.images, self.labels)

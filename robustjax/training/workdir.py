@@ -98,11 +98,12 @@ def write_config(workdir: str, config: TrainConfig) -> bool:
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
-            old = TrainConfig.from_json(json.load(f)).to_json()
-        new = config.to_json()
+            old = TrainConfig.from_json(json.load(f)).to_flat_json()
+        new = config.to_flat_json()
         # With periodic validation, eval_batch_size also fixes the validation
         # batches and their attack keys: changing it would change eval.jsonl.
-        resumable = RESUMABLE_CHANGES - ({"eval_batch_size"} if config.eval_every else set())
+        resumable = RESUMABLE_CHANGES - (
+            {"eval_batch_size"} if config.evaluation.eval_every else set())
         diff = [k for k in new if old.get(k) != new[k] and k not in resumable]
         if diff:
             raise ValueError(
@@ -238,7 +239,7 @@ class LoadedRun(NamedTuple):
 
 
 def _default_weights(config: TrainConfig) -> str:
-    return "ema" if config.ema_decay > 0 else "last"
+    return "ema" if config.optim.ema_decay > 0 else "last"
 
 
 def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
@@ -259,15 +260,15 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
     which = _default_weights(config) if which is None else which
     if which not in WEIGHTS:
         raise ValueError(f"which must be one of {WEIGHTS} or None, got {which!r}")
-    if which == "ema" and not config.ema_decay > 0:
+    if which == "ema" and not config.optim.ema_decay > 0:
         raise ValueError(f"which='ema': the run in {workdir} keeps no averaged weights "
                          "(ema_decay is 0); use which='last'")
-    if which == "best" and not config.eval_every > 0:
+    if which == "best" and not config.evaluation.eval_every > 0:
         raise ValueError(f"which='best': the run in {workdir} was trained without periodic "
                          "validation (eval_every is 0); use which='last'")
     model = build_model(config)
     state = create_state(config, model, make_optimizer(config),
-                               jnp.zeros(SAMPLE_SHAPE[config.dataset], jnp.float32))
+                               jnp.zeros(SAMPLE_SHAPE[config.data.dataset], jnp.float32))
     subdir = "best_checkpoint" if which == "best" else "checkpoints"
     if not os.path.isdir(os.path.join(workdir, subdir)):
         raise FileNotFoundError(f"{workdir}: no {subdir}/ to load")
@@ -275,7 +276,7 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
                                  move_damaged=False)
     if restored is None:
         raise FileNotFoundError(f"{workdir}: no checkpoint in {subdir}/ to load")
-    if which == "ema" or (which == "best" and config.ema_decay > 0):
+    if which == "ema" or (which == "best" and config.optim.ema_decay > 0):
         params, stats = restored.ema_params, restored.ema_batch_stats
     else:
         params, stats = restored.params, restored.batch_stats
