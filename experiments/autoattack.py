@@ -40,7 +40,8 @@ from absl import app, flags
 from experiments.cli import one_line_errors
 from experiments.log_setup import setup_logging
 
-flags.DEFINE_string("workdir", None, "Training workdir of the evaluated model.")
+flags.DEFINE_string("workdir", "workdirs/mnist",
+                    "Training workdir of the model; default: experiments.mnist's default.")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir, else TFDS).")
 flags.DEFINE_list("norm", ["linf"], "Threat model(s): linf, l2 or l1; a list runs each, "
                   "one after the other (default eps: the training eps in the training norm).")

@@ -134,9 +134,9 @@ def plot(sweep: dict, path: str, *, title: str = "MNIST", widths=WIDTHS) -> None
     plt.close(fig)
 
 
-def main(argv, *, datasets, title: str, widths=WIDTHS) -> None:
+def main(argv, *, datasets, title: str, widths=WIDTHS, default_workdir=None) -> None:
     """Runs the widths of --width / --widths, then replots WORKDIR/capacity.png."""
-    workdir = common.start(argv, datasets=datasets)
+    workdir = common.start(argv, datasets=datasets, default_workdir=default_workdir)
     chosen = [int(w) for w in FLAGS.widths] if FLAGS.widths else [FLAGS.width]
     for w in chosen:
         run_width(w, workdir, widths)

@@ -27,7 +27,8 @@ from absl import app, flags
 from experiments import figures
 from experiments.cli import one_line_errors
 
-flags.DEFINE_string("workdir", None, "Training workdir of the evaluated model.")
+flags.DEFINE_string("workdir", "workdirs/mnist",
+                    "Training workdir of the evaluated model; default: experiments.mnist's default.")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir, else TFDS).")
 flags.DEFINE_list("eps", None, "L-inf radii (default: the training eps).")
 flags.DEFINE_list("methods", ["ibp", "crown_ibp", "crown"],

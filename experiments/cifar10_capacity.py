@@ -26,7 +26,8 @@ WIDTHS = (1, 2, 4, 8, 10, 16)
 
 @one_line_errors
 def main(argv):
-    capacity.main(argv, datasets=("cifar10",), title="CIFAR-10", widths=WIDTHS)
+    capacity.main(argv, datasets=("cifar10",), title="CIFAR-10", widths=WIDTHS,
+                  default_workdir="cifar10_capacity")
 
 
 if __name__ == "__main__":

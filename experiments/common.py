@@ -9,6 +9,7 @@ Tuple fields (``lr_boundaries``, ``eval_attack_steps``) are comma-separated list
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from absl import app, flags
 
@@ -20,7 +21,8 @@ FLAGS = flags.FLAGS
 FIELDS = [f for _, f in TrainConfig.fields()]   # one flag per field, by its flat name
 
 flags.DEFINE_string("workdir", None, "Output directory (config, metrics, checkpoints, results). "
-                    "Rerunning with the same workdir resumes.")
+                    "Rerunning with the same workdir resumes. Default: workdirs/<entry "
+                    "point or dataset>, printed at the start.")
 
 
 def _kind(f: dataclasses.Field):
@@ -75,13 +77,19 @@ def set_defaults(**defaults) -> None:
         FLAGS.set_default(name, value)
 
 
-def start(argv, datasets=DATASETS) -> str:
-    """Common start of an entry point: no stray arguments, logging, --workdir; returns it."""
+def start(argv, datasets=DATASETS, default_workdir=None) -> str:
+    """Common start of an entry point: no stray arguments, logging, the workdir (--workdir,
+    or ``workdirs/<default_workdir or dataset>``, printed); returns the workdir."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.dataset not in datasets:
         raise app.UsageError(f"--dataset must be one of {datasets} here, got {FLAGS.dataset!r}")
     setup_logging()
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    return FLAGS.workdir
+    if FLAGS["workdir"].present and not FLAGS.workdir:
+        raise app.UsageError("--workdir must not be empty")
+    if FLAGS.workdir:
+        return FLAGS.workdir
+    workdir = os.path.join("workdirs", default_workdir or FLAGS.dataset)
+    print(f"workdir: {workdir} (the default; rerun the same command to resume, or pass "
+          f"--workdir)", flush=True)
+    return workdir

@@ -53,7 +53,8 @@ DEFAULT_EPS.update({("fashion_mnist", n): DEFAULT_EPS[("mnist", n)]
                     for n in ("linf", "l2", "l1")})
 NORM_TITLES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
 
-flags.DEFINE_string("workdir", None, "Adversarially trained model's workdir.")
+flags.DEFINE_string("workdir", "workdirs/mnist",
+                    "Adversarially trained model's workdir; default: experiments.mnist's default.")
 flags.DEFINE_string("natural_workdir", None, "Naturally trained model's workdir (optional).")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir).")
 flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "Threat model of the sweep.")

@@ -39,7 +39,8 @@ from absl import app, flags
 from experiments import figures
 from experiments.cli import one_line_errors
 
-flags.DEFINE_string("workdir", None, "Adversarially trained model's workdir.")
+flags.DEFINE_string("workdir", "workdirs/mnist",
+                    "Adversarially trained model's workdir; default: experiments.mnist's default.")
 flags.DEFINE_string("natural_workdir", None, "Naturally trained model's workdir (optional).")
 flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir).")
 flags.DEFINE_integer("restarts", 100_000, "Random starts per example (the paper: 10^5).")

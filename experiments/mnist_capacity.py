@@ -10,9 +10,10 @@ plots accuracy against capacity, one panel per training method, and the
 average training loss, as in the paper. Each model lives in its own workdir,
 so rerunning resumes.
 
-  python -m experiments.mnist_capacity --width=4 --workdir=workdirs/capacity --data_dir=DIR
-  python -m experiments.mnist_capacity --widths=1,2,4,8,16 --workdir=workdirs/capacity \
-      --data_dir=DIR                                   # the whole sweep, then the plot
+  python -m experiments.mnist_capacity --width=4      # MNIST through TFDS, into
+                                                       # workdirs/mnist_capacity
+  python -m experiments.mnist_capacity --widths=1,2,4,8,16 --data_dir=DIR
+                                                       # the whole sweep from the IDX files
 
 It takes the same data, steps, attack and evaluation flags as
 experiments.mnist. The paper's setting (100k steps each, PGD-40) needs a GPU.
@@ -29,7 +30,8 @@ from experiments import capacity
 
 @one_line_errors
 def main(argv):
-    capacity.main(argv, datasets=("mnist", "fashion_mnist"), title="MNIST")
+    capacity.main(argv, datasets=("mnist", "fashion_mnist"), title="MNIST",
+                  default_workdir="mnist_capacity")
 
 
 if __name__ == "__main__":

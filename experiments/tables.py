@@ -21,7 +21,8 @@ from robustjax import training as train
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Workdir of the evaluated model A (a training run).")
+flags.DEFINE_string("workdir", "workdirs/mnist",
+                    "Workdir of the evaluated model A; default: experiments.mnist's default.")
 flags.DEFINE_string("source_a_prime", None, "Workdir of A': an independently trained copy "
                     "of A (same recipe, another seed). Adds its transfer rows.")
 flags.DEFINE_string("data_dir", None, "Raw dataset files (default: the data_dir A was "

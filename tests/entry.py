@@ -105,11 +105,15 @@ def in_process(module: str, *args: str, env: dict | None = None) -> Completed:
 
 
 def subprocess_run(module: str, *args: str, devices: int | None = None,
-                   timeout: float = 600, **env) -> Completed:
-    """``python -m module args`` as a real process on CPU (``devices`` CPU devices)."""
+                   timeout: float = 600, cwd=None, **env) -> Completed:
+    """``python -m module args`` as a real process on CPU (``devices`` CPU devices), from the
+    repository or from ``cwd`` (the repository then first on ``PYTHONPATH``)."""
     full = fast_compile_env(**env)
     if devices is not None:
         full["JAX_NUM_CPU_DEVICES"] = str(devices)
-    p = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full,
+    if cwd is not None:
+        full["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO)] + [q for q in full.get("PYTHONPATH", "").split(os.pathsep) if q])
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full,
                        capture_output=True, text=True, timeout=timeout)
     return Completed(p.returncode, p.stdout, p.stderr)

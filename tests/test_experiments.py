@@ -57,12 +57,15 @@ def test_mnist_entry_point_errors(idx_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_capacity_entry_point(idx_dir, tmp_path):
+def test_capacity_entry_point(idx_dir, tmp_path, monkeypatch):
+    """The mission's command with no --workdir: it trains into the default workdir it
+    prints, and the same command rerun resumes there."""
     pytest.importorskip("matplotlib")
-    wd = str(tmp_path / "cap")
-    p = _run("experiments.mnist_capacity", "--width=1", f"--workdir={wd}",
-             f"--data_dir={idx_dir}", *TINY)
+    p = _run("experiments.mnist_capacity", "--width=1", f"--data_dir={idx_dir}", *TINY,
+             cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "workdir: workdirs/mnist_capacity (the default" in p.stdout
+    wd = str(tmp_path / "workdirs" / "mnist_capacity")
     res = _check_results(os.path.join(wd, "width_1", "results.json"), 12)  # 3 models x 4
     assert {r["train_attack"] for r in res["rows"]} == {"none", "fgsm", "pgd"}
     assert os.path.getsize(os.path.join(wd, "capacity.png")) > 10_000
@@ -73,9 +76,32 @@ def test_capacity_entry_point(idx_dir, tmp_path):
     last = [json.loads(line) for line in open(os.path.join(wd, "width_1", "pgd",
                                                             "metrics.jsonl"))][-1]
     assert losses["pgd"] == pytest.approx(last["loss"])  # 3 steps: the last 10% is one record
-    p = in_process("experiments.mnist_capacity", "--width=3", f"--workdir={wd}",
-                   f"--data_dir={idx_dir}", *TINY)
+    monkeypatch.chdir(tmp_path)
+    p = in_process("experiments.mnist_capacity", "--width=1", f"--data_dir={idx_dir}", *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("resumed from step 3") == 3, p.stdout[-3000:]
+    p = in_process("experiments.mnist_capacity", "--width=3", f"--data_dir={idx_dir}", *TINY)
     assert p.returncode != 0 and "width must be one of" in p.stderr
+
+
+def test_main_command_without_tfds_fails_in_one_line(tmp_path):
+    """``python -m experiments.mnist_capacity --width=4`` and nothing else, on a machine
+    without TensorFlow Datasets: one line naming --data_dir, status 1, within 30 s."""
+    import time
+
+    stubs = tmp_path / "stubs"
+    for name in ("tensorflow", "tensorflow_datasets"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    t0 = time.time()
+    p = _run("experiments.mnist_capacity", "--width=4", cwd=tmp_path,
+             PYTHONPATH=str(stubs), timeout=120)
+    seconds = time.time() - t0
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and "--data_dir" in lines[-1], p.stderr[-3000:]
+    assert "workdirs/mnist_capacity" in p.stdout
+    assert seconds < 30, f"{seconds:.0f} s"
 
 
 @pytest.mark.slow

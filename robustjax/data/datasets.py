@@ -10,9 +10,11 @@ so a machine without TensorFlow (a GPU box, CI) can train from files on disk:
   ``cifar-100-binary.tar.gz``, or the extracted ``cifar-100-python`` /
   ``cifar-100-binary`` folders; the 100 fine labels.
 
-Without ``data_dir`` it uses TensorFlow Datasets (the ``tfds`` extra) and only
-reads what TFDS has already prepared: an offline download would retry for
-minutes, so a missing dataset fails at once and says which files to get.
+Without ``data_dir`` it uses TensorFlow Datasets (the ``tfds`` extra), which
+downloads and prepares a dataset it does not have yet, as every TFDS user expects.
+Offline, TFDS's download would retry for minutes: when the dataset is not prepared
+and its download host cannot be reached within a few seconds, :func:`load` fails at
+once, in one line that says which files to get and to pass ``data_dir``.
 Images come back as uint8 ``[N, H, W, C]`` and labels as int32 ``[N]``; scale
 with ``images / 255``.
 """
@@ -23,6 +25,7 @@ import gzip
 import io
 import os
 import pickle
+import socket
 import tarfile
 from typing import Optional, Union
 
@@ -218,26 +221,52 @@ def _load_cifar100(split, data_dir):
     return np.ascontiguousarray(x), y.astype(np.int32)
 
 
+# Where TFDS fetches each dataset from (probed before a download, so offline fails fast).
+_DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com",
+                   "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+                   "cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
+PROBE_TIMEOUT_S = 5.0
+
+
+def _reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _official_files(name) -> list:
+    return (sorted(sum(IDX_FILES.values(), ())) if name in IDX_DATASETS
+            else list(CIFAR100_ARCHIVES[:1] if name == "cifar100" else CIFAR_ARCHIVES[:1]))
+
+
 def _load_tfds(name, split, *, download):
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(f"loading {name!r} without data_dir needs TensorFlow Datasets "
-                        f"(pip install -e '.[tfds]'), or pass data_dir with the official "
-                        f"files ({e})") from e
+                        f"(pip install -e '.[tfds]'; {e}); or get the official files "
+                        f"{_official_files(name)} and pass their directory as data_dir "
+                        f"(--data_dir)") from e
     tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators
+    host = _DOWNLOAD_HOSTS.get(name, "storage.googleapis.com")
+    if download and not tfds.builder(name).is_prepared() and not _reachable(host):
+        raise DataError(
+            f"{name!r} is not prepared in TensorFlow Datasets' data dir and {host} cannot be "
+            f"reached (offline?): get the official files {_official_files(name)} on a "
+            f"machine with internet and pass their directory as data_dir (--data_dir)")
     try:
         # Explicit batches, concatenated below (batch_size=-1 breaks under TFDS mock data).
         ds = tfds.load(name, split=split, as_supervised=True, download=download,
                        batch_size=10_000)
     except Exception as e:
-        files = (sorted(sum(IDX_FILES.values(), ())) if name in IDX_DATASETS
-                 else list(CIFAR100_ARCHIVES[:1] if name == "cifar100" else CIFAR_ARCHIVES[:1]))
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise DataError(
-            f"TFDS has no prepared copy of {name!r} ({type(e).__name__}: {str(e)[:200]}). "
-            f"Offline, download the official files {files} on a machine with internet and "
-            f"pass their directory as data_dir (--data_dir)") from e
+            f"TensorFlow Datasets could not load {name!r} ({type(e).__name__}: {first}); "
+            f"get the official files {_official_files(name)} and pass their directory as "
+            f"data_dir (--data_dir)") from e
     parts = list(tfds.as_numpy(ds))
     images = np.concatenate([p[0] for p in parts]).astype(np.uint8)
     labels = np.concatenate([p[1] for p in parts]).astype(np.int32)
@@ -245,12 +274,13 @@ def _load_tfds(name, split, *, download):
 
 
 def load(name: str, split: str, data_dir: Optional[PathLike] = None, *,
-         download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+         download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Loads ``name`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``) ``split``.
 
     With ``data_dir``: the official raw files in it, read with NumPy. Without:
-    TensorFlow Datasets' prepared copy (``download=True`` lets TFDS fetch it,
-    which needs internet). Returns ``(images uint8 [N, H, W, C], labels int32 [N])``.
+    TensorFlow Datasets, which downloads and prepares the dataset when it has no copy
+    (``download=False``: only a prepared copy; offline, either fails at once with
+    :class:`DataError`). Returns ``(images uint8 [N, H, W, C], labels int32 [N])``.
     """
     if name not in ALL_DATASETS:
         raise ValueError(f"name must be one of {ALL_DATASETS}, got {name!r}")
