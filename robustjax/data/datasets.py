@@ -241,6 +241,13 @@ def _official_files(name) -> list:
             else list(CIFAR100_ARCHIVES[:1] if name == "cifar100" else CIFAR_ARCHIVES[:1]))
 
 
+def _tfds_error(name, e) -> DataError:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return DataError(f"TensorFlow Datasets could not load {name!r} ({type(e).__name__}: "
+                     f"{first}); get the official files {_official_files(name)} and pass "
+                     f"their directory as data_dir (--data_dir)")
+
+
 def _load_tfds(name, split, *, download):
     try:
         import tensorflow as tf
@@ -251,22 +258,24 @@ def _load_tfds(name, split, *, download):
                         f"{_official_files(name)} and pass their directory as data_dir "
                         f"(--data_dir)") from e
     tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators
-    host = _DOWNLOAD_HOSTS.get(name, "storage.googleapis.com")
-    if download and not tfds.builder(name).is_prepared() and not _reachable(host):
-        raise DataError(
-            f"{name!r} is not prepared in TensorFlow Datasets' data dir and {host} cannot be "
-            f"reached (offline?): get the official files {_official_files(name)} on a "
-            f"machine with internet and pass their directory as data_dir (--data_dir)")
+    # Explicit batches, concatenated below (batch_size=-1 breaks under TFDS mock data).
+    kw = dict(split=split, as_supervised=True, batch_size=10_000)
     try:
-        # Explicit batches, concatenated below (batch_size=-1 breaks under TFDS mock data).
-        ds = tfds.load(name, split=split, as_supervised=True, download=download,
-                       batch_size=10_000)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise DataError(
-            f"TensorFlow Datasets could not load {name!r} ({type(e).__name__}: {first}); "
-            f"get the official files {_official_files(name)} and pass their directory as "
-            f"data_dir (--data_dir)") from e
+        ds = tfds.load(name, download=False, **kw)   # a prepared copy: no network at all
+    except Exception as e:  # noqa: BLE001 - TFDS raises assorted errors for "not prepared"
+        if not download:
+            raise _tfds_error(name, e) from e
+        host = _DOWNLOAD_HOSTS.get(name, "storage.googleapis.com")
+        if not _reachable(host):
+            raise DataError(
+                f"{name!r} is not prepared in TensorFlow Datasets' data dir and {host} "
+                f"cannot be reached (offline?): get the official files "
+                f"{_official_files(name)} on a machine with internet and pass their "
+                f"directory as data_dir (--data_dir)") from None
+        try:
+            ds = tfds.load(name, download=True, **kw)
+        except Exception as e2:  # noqa: BLE001
+            raise _tfds_error(name, e2) from e2
     parts = list(tfds.as_numpy(ds))
     images = np.concatenate([p[0] for p in parts]).astype(np.uint8)
     labels = np.concatenate([p[1] for p in parts]).astype(np.int32)
