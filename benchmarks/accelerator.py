@@ -68,7 +68,7 @@ TESTS = ["tests/test_attacks.py", "tests/test_layers.py", "tests/test_models.py"
 
 def _write_idx(path: str, arr) -> None:
     header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(n).to_bytes(4, "big")
-                                                     for n in arr.shape)
+                                                      for n in arr.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + arr.tobytes())
 
@@ -334,7 +334,7 @@ def main(argv):
     print(md)
     print(f"written: {os.path.join(out, safe)}.md and .json")
     failed = [k for k, v in report["parts"].items() if not v["status"].startswith(("ok",
-                                                                                    "skipped"))]
+                                                                                   "skipped"))]
     if failed:
         print(f"parts that did not finish: {', '.join(failed)} (see their logs in {out})")
         sys.exit(1)

@@ -87,7 +87,8 @@ def main(argv):
     setup_logging()
     run = train.load_run(_WORKDIR.value)
     if run.config.data.dataset not in ("mnist", "fashion_mnist"):
-        raise app.UsageError(f"--workdir must hold an MnistCNN model, got {run.config.data.dataset}")
+        raise app.UsageError(
+            f"--workdir must hold an MnistCNN model, got {run.config.data.dataset}")
     eps = run.config.threat.eps if _EPS.value is None else _EPS.value
     x, y = data.load(run.config.data.dataset, "test", _DATA_DIR.value or run.config.data.data_dir)
     n = min(_EXAMPLES.value, len(x))
@@ -150,7 +151,7 @@ def main(argv):
         # and counted, then checked like robustjax's.
         off_box = np.maximum(x_adv.reshape(n, -1).max(1) - 1.0, -x_adv.reshape(n, -1).min(1))
         out["pyautoattack_outside_box"] = dict(examples=int(np.sum(off_box > 0)),
-                                              largest=float(max(off_box.max(), 0.0)))
+                                               largest=float(max(off_box.max(), 0.0)))
         x_adv = np.clip(x_adv, 0.0, 1.0)
         # The official examples must pass robustjax's checks too before they count.
         out["pyautoattack"] = peer_result(run.logits_fn, x, y, x_adv, cap, seconds, eps=eps,

@@ -274,7 +274,7 @@ def main(argv):
 
     def grad_flops(batch):
         f = jax.jit(jax.grad(lambda z: jnp.sum(attacks.xent_loss(model.apply(params, z),
-                                                                  yj[:batch]))))
+                                                                 yj[:batch]))))
         cost = f.lower(xj[:batch]).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return float(cost.get("flops", 0.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+
 def configure_xla(preset: str, threads: int) -> str:
     """Chooses the XLA flags before the JAX backend starts; returns the resulting XLA_FLAGS.
 

@@ -130,7 +130,7 @@ def main(argv):
     x, y = x[:n].astype(np.float32) / 255.0, y[:n]
     classes = zoo.registry.NUM_CLASSES[FLAGS.dataset]
     out_classes = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:],
-                                                                      np.float32)).shape[-1])
+                                                                     np.float32)).shape[-1])
     if out_classes != classes:
         raise ValueError(f"--model gives {out_classes} logits, {FLAGS.dataset} has {classes} "
                          f"classes")

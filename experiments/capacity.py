@@ -65,7 +65,8 @@ def final_training_loss(metrics_path: str, fraction: float = 0.1) -> float:
     if not records:
         raise ValueError(f"{metrics_path}: no training records")
     last = records[-1]["step"]
-    tail = [r["loss"] for r in records if r["step"] > (1 - fraction) * last] or [records[-1]["loss"]]
+    tail = [r["loss"] for r in records if r["step"] > (
+        1 - fraction) * last] or [records[-1]["loss"]]
     return float(sum(tail) / len(tail))
 
 

@@ -34,7 +34,7 @@ The defaults are the acceptance recipe (full Fashion-MNIST, eps 0.1, MnistCNN(2)
 Adam 1e-3, batch 128, 4,000 steps, PGD-10 of step 0.025). On a 2-core AMD EPYC
 the whole comparison took 88 minutes and reached, under AutoAttack on 1,000
 test images (averaged weights): natural 0.9%, Madry 61.4%, TRADES 59.9%, Fast AT
-55.7%; see README "Training methods compared" and benchmarks/RESULTS.md.
+55.7%; see docs/training_methods.md and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def evaluate_method(method: str, run_dir: str, x, y, *, pgd_steps: int, batch_si
     evaluated = {}  # (step, "last" | "ema") -> row: the best checkpoint is often the last
     for which in weights_of(config):
         run = train.load_run(run_dir, which)
-        kind = "ema" if which == "ema" or (which == "best" and config.optim.ema_decay > 0) else "last"
+        kind = "ema" if which == "ema" or (
+            which == "best" and config.optim.ema_decay > 0) else "last"
         if (run.step, kind) in evaluated:
             same = evaluated[(run.step, kind)]
             out.append(dict(same, weights=which, same_as=same["weights"], eval_s=0.0))
@@ -274,7 +275,8 @@ def run(root: str, methods: list[str], *, test_examples: int, attack_batch_size:
     out = dict(dataset=base.data.dataset, split="test", n=int(len(x)), eps=base.threat.eps, norm="linf",
                config={k: v for k, v in base.to_json().items()
                        if k not in ("train_attack", "objective")},
-               methods=methods, evaluation=[s.name for s in eval_specs(base.threat.eps, eval_pgd_steps)],
+               methods=methods, evaluation=[
+                   s.name for s in eval_specs(base.threat.eps, eval_pgd_steps)],
                rows=rows, best=best)
     if not mesh.is_primary():  # process 0 writes the files
         return out

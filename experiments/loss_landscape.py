@@ -147,7 +147,7 @@ def main(argv):
             rate = (base + i * FLAGS.restarts + n_done) / max(time.time() - t0, 1e-9)
             left = total - base - i * FLAGS.restarts - n_done
             log.info("%s model, example %d/%d: %d/%d restarts, %.0f restarts/s, ETA %.0fs",
-                         model.label, i + 1, len(x), n_done, FLAGS.restarts, rate, left / rate)
+                     model.label, i + 1, len(x), n_done, FLAGS.restarts, rate, left / rate)
         start = time.time()
         res = landscape.restart_losses(
             model.run.logits_fn, x, y, jax.random.PRNGKey(FLAGS.seed), eps=eps, step_size=step,
@@ -161,8 +161,8 @@ def main(argv):
             examples.append(dict(index=i, label=int(y[i]), **s, histogram=h,
                                  trajectories=res.trajectories[i].tolist()))
             log.info("%s model, example %d: final loss mean %.4g std %.3g min %.4g max "
-                         "%.4g, %.1f%% of restarts fool it", model.label, i, s["mean"], s["std"],
-                         s["min"], s["max"], 100 * s["fooled_fraction"])
+                     "%.4g, %.1f%% of restarts fool it", model.label, i, s["mean"], s["std"],
+                     s["min"], s["max"], 100 * s["fooled_fraction"])
         result["models"].append(dict(figures.model_info(model), examples=examples,
                                      seconds=time.time() - start))
     if not mesh.is_primary():  # process 0 writes the files

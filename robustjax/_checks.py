@@ -18,11 +18,13 @@ __all__ = ["check_choice", "is_concrete", "check_scalar", "check_int", "check_bo
 
 
 def check_choice(name, value, choices):
+    """Raises ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def is_concrete(v) -> bool:
+    """True for a value known at trace time (not a tracer)."""
     return not isinstance(v, jax.core.Tracer)
 
 
@@ -45,11 +47,13 @@ def check_scalar(name, value, *, positive=False):
 
 
 def check_int(name, value, minimum):
+    """Raises ValueError unless ``value`` is an integer (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_bounds(bounds):
+    """``(low, high)`` as floats, or ValueError unless ``bounds`` is a pair with low < high."""
     try:
         lo, hi = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -60,6 +64,7 @@ def check_bounds(bounds):
 
 
 def check_xy(x, y, *, targeted):
+    """Raises ValueError unless ``x`` is a float batch (rank >= 2) and ``y`` its int labels."""
     name = "y (target labels)" if targeted else "y"
     if not hasattr(x, "shape") or x.ndim < 2:
         raise ValueError(f"x must be a batch of inputs with rank >= 2 (batch first), "
@@ -77,6 +82,7 @@ def check_xy(x, y, *, targeted):
 
 
 def checked_logits(logits_fn, x):
+    """``logits_fn(x)``, or ValueError unless it is ``[batch, num_classes]``."""
     logits = logits_fn(x)
     if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"logits_fn must map a batch of {x.shape[0]} inputs to logits of "

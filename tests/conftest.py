@@ -1,6 +1,6 @@
 """Shared fixtures: real MNIST digits when present, a small model trained on them.
 
-How the suite stays fast (the rules for a new test are in README "Develop"):
+How the suite stays fast (the rules for a new test are in docs/develop.md):
 
 * One JAX persistent compilation cache per test run: a fresh temporary
   directory, set here before JAX is imported, inherited by every pytest-xdist
@@ -240,7 +240,7 @@ def write_idx(path, arr):
     import gzip
 
     header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(n).to_bytes(4, "big")
-                                                     for n in arr.shape)
+                                                      for n in arr.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + arr.astype(np.uint8).tobytes())
 

@@ -97,6 +97,7 @@ def test_step_size_rule_on_synthetic_losses():
     flat = np.zeros(n + 1, np.float32)
     # 16 increases in the first interval of 22 steps: 16 <= 0.75 * 22 = 16.5 halves;
     # 17 does not.
+
     def first_interval(k):
         seq = np.arange(n + 1, dtype=np.float32)
         for i in range(22 - k):

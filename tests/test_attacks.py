@@ -174,7 +174,7 @@ def test_clean_fgsm_pgd_ordering(natural_model):
     clean = _acc(natural_model, None)
     fgsm = _acc(natural_model, lambda x, y, k: attacks.fgsm(f, x, y, eps=0.1))
     pgd = {n: _acc(natural_model, functools.partial(attacks.pgd, f, eps=0.1, step_size=0.01,
-                                                     num_steps=n))
+                                                    num_steps=n))
            for n in (1, 5, 40)}
     assert clean.accuracy > 0.9, clean.accuracy
     assert clean.accuracy >= fgsm.accuracy >= pgd[40].accuracy

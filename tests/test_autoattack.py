@@ -35,7 +35,7 @@ def test_versions_and_bad_input(natural_model):
     assert autoattack.version_attacks("custom", ["square"]) == ("square",)
     x, y = m.x[:4], m.y[:4]
     bad = [(dict(version="fast"), "version"), (dict(version="standard", attacks=["square"]),
-                                                "attacks"),
+                                               "attacks"),
            (dict(version="custom", attacks=["pgd"]), "attacks"),
            (dict(version="custom"), "attacks"), (dict(eps=-0.1), "eps"),
            (dict(num_queries=0), "num_queries"), (dict(num_steps=0), "num_steps"),
@@ -212,7 +212,7 @@ def test_suite_rows_for_the_new_attacks(natural_model, standard_run):
     assert rows["FAB-T"]["loss"] is None and rows["FAB-T"]["targeted"] == "ranked"
     aa = rows["AutoAttack"]
     assert aa["version"] == "standard" and list(aa["after"]) == ["apgd-ce", "apgd-t", "fab-t",
-                                                                  "square"]
+                                                                 "square"]
     assert aa["accuracy"] == min(aa["after"].values())
     # The worst case covers the AutoAttack row, per example.
     np.testing.assert_array_equal(res.worst_case_correct, res.correct.all(0))

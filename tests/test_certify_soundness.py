@@ -327,7 +327,8 @@ def test_config_json_records_only_what_the_objective_reads():
     assert TrainConfig(objective="crown_ibp").to_flat_json()["crown_beta_start"] == 1.0
     madry = TrainConfig().to_flat_json()
     assert madry["attack_steps"] == 40 and "kappa_start" not in madry
-    assert "trades_beta" not in madry and TrainConfig(objective="trades").to_flat_json()["trades_beta"]
+    assert "trades_beta" not in madry and TrainConfig(
+        objective="trades").to_flat_json()["trades_beta"]
     assert "attack_steps" not in TrainConfig(train_attack="none").to_flat_json()
     # A saved configuration reloads to the same run (the unread fields take their defaults).
     cfg = TrainConfig(objective="crown_ibp", eps=0.2)

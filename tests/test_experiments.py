@@ -74,7 +74,7 @@ def test_capacity_entry_point(idx_dir, tmp_path, monkeypatch):
     losses = sweep["training_loss"]["1"]
     assert set(losses) == {"none", "fgsm", "pgd"} and all(v > 0 for v in losses.values())
     last = [json.loads(line) for line in open(os.path.join(wd, "width_1", "pgd",
-                                                            "metrics.jsonl"))][-1]
+                                                           "metrics.jsonl"))][-1]
     assert losses["pgd"] == pytest.approx(last["loss"])  # 3 steps: the last 10% is one record
     monkeypatch.chdir(tmp_path)
     p = in_process("experiments.mnist_capacity", "--width=1", f"--data_dir={idx_dir}", *TINY)
@@ -118,7 +118,7 @@ def test_mnist_table_entry_point(tiny_runs, tmp_path):
     assert [r["name"] for r in rows[:9]] == ["Natural", "FGSM", "PGD", "PGD", "PGD", "PGD",
                                              "Targeted", "CW", "CW+"]
     assert [(r["steps"], r["restarts"]) for r in rows[2:6]] == [(40, 1), (100, 1), (40, 2),
-                                                                  (100, 2)]
+                                                                (100, 2)]
     assert rows[8]["kappa"] == 50.0 and rows[6]["targeted"] == "all"
     assert all(r["eps"] == 0.3 for r in rows[1:])
     assert rows[-1]["accuracy"] == min(r["accuracy"] for r in rows)

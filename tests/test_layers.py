@@ -52,7 +52,7 @@ def test_input_gradient_inside_fori_loop_and_second_order():
     def loop(conv):
         def body(_, z):
             g = jax.grad(lambda q: jnp.sum(jnp.tanh(conv(q, rhs, (1, 1), "SAME",
-                                                          dimension_numbers=dn))))(z)
+                                                         dimension_numbers=dn))))(z)
             return z + 0.1 * g
         return jax.jit(lambda z: lax.fori_loop(0, 5, body, z))(lhs)
 

@@ -295,7 +295,7 @@ def _reference_normalisation(expr, classes, ns):
             return (0.5,) * 3, (0.5,) * 3
     call = expr.body if isinstance(expr, ast.Lambda) else expr
     if isinstance(call, ast.Call) and getattr(call.func, "id", "") in ("DMWideResNet",
-                                                                      "DMPreActResNet"):
+                                                                       "DMPreActResNet"):
         kw = {k.arg: eval(compile(ast.Expression(k.value), "<rb>", "eval"), ns)
               for k in call.keywords}
         return tuple(kw.get("mean", ns["CIFAR10_MEAN"])), tuple(kw.get("std", ns["CIFAR10_STD"]))

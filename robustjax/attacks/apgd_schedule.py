@@ -66,6 +66,7 @@ class RuleState(NamedTuple):
 
 
 def rule_init(loss0: Array) -> RuleState:
+    """The rule's state before the first step, from the starting losses ``[B]``."""
     b = loss0.shape[0]
     # At the first checkpoint condition 2 does not apply (as if halved before).
     return RuleState(jnp.zeros(b, jnp.int32), loss0, loss0, jnp.ones(b, bool))

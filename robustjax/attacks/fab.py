@@ -269,7 +269,8 @@ def fab(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], *, eps,
         num_targets: int = 9, target_rank=None, restarts: int = 1, alpha_max: float = 0.1,
         eta: float = 1.05, beta: float = 0.9, final_search_steps: int = 3,
         bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
-    """FAB within an eps-ball: AutoAttack's FAB-T with the defaults (9 targets, 100 steps).
+    """FAB within an eps-ball (Croce & Hein, ICML 2020, Algorithm 1): AutoAttack's FAB-T with
+    the defaults (9 targets, 100 steps).
 
     Runs :func:`fab_min_norm` and returns, per example, the smallest adversarial
     point found if its ``norm`` distance is at most ``eps`` (the eps-ball

@@ -78,6 +78,7 @@ class Box(NamedTuple):
 
 
 def is_box(v) -> bool:
+    """True for an interval :class:`Box` (not a constant)."""
     return isinstance(v, Box)
 
 

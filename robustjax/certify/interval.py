@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from robustjax.certify.graph import (NAMED_CALLS, SILU_ARGMIN, Box, Node,
-                                   UnsupportedPrimitiveError, is_box)
+                                     UnsupportedPrimitiveError, is_box)
 
 __all__ = ["ibp_node", "AFFINE"]
 

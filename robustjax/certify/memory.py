@@ -91,6 +91,7 @@ def memory_per_example(logits_fn: Callable, input_shape, *, method: str = "crown
 
 
 def too_big(where, need, budget):
+    """The ``MemoryError`` for one example that needs more than the budget for ``where``."""
     return MemoryError(
         f"certify: one example needs about {need / 2**30:.2f} GiB for {where}, over the "
         f"memory budget of {budget / 2**30:.2f} GiB; lower crown_max_neurons (relaxed layers "

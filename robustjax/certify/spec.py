@@ -33,6 +33,7 @@ def check_settings(eps, norm, method) -> None:
 
 
 def check_box(bounds) -> tuple:
+    """``(low, high)``, or ValueError unless ``bounds`` is a finite pair with low < high."""
     try:
         lo, hi = (float(b) for b in bounds)
     except (TypeError, ValueError):

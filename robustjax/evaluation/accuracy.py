@@ -38,7 +38,8 @@ class InvalidAdversarialError(ValueError):
 
 
 class RobustAccuracy(NamedTuple):
-    """Result of :func:`robust_accuracy`.
+    """Result of :func:`robust_accuracy`: the accuracy under attack of Madry et al. (ICLR
+    2018, Section 5), from validated adversarial examples only.
 
     accuracy: fraction of examples classified correctly both clean and under
       attack (a clean misclassification counts as not robust).

@@ -109,7 +109,7 @@ class SizePlanner:
 
 
 def stage_attack(name: str, *, eps, norm, version, num_steps, num_queries, bounds,
-                  eot_samples) -> tuple[Callable, list]:
+                 eot_samples) -> tuple[Callable, list]:
     """``(attack(logits, x, y, key, arg), stage args)`` for one attack of the ensemble.
 
     APGD-T and FAB-T are run one target rank at a time (the traced ``arg``),
@@ -171,6 +171,7 @@ def load_stage(resume_dir: str, names, fp: str):
 
 
 def save_stage(resume_dir: str, i: int, fp: str, **arrays) -> None:
+    """Stores the state after attack ``i`` (atomically: a temporary file, then a rename)."""
     os.makedirs(resume_dir, exist_ok=True)
     path = _stage_path(resume_dir, i)
     with open(path + ".tmp", "wb") as f:

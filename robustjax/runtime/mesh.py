@@ -235,4 +235,3 @@ def any_process(flag: bool) -> bool:
         return bool(flag)
     flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
     return bool(np.any(flags))
-

@@ -72,6 +72,7 @@ def load(resume_dir: str, index: int, fp: str) -> Optional[tuple[dict, np.ndarra
 
 
 def save(resume_dir: str, index: int, fp: str, row: dict, correct: np.ndarray) -> None:
+    """Stores a finished row and its per-example correctness (atomically)."""
     os.makedirs(resume_dir, exist_ok=True)
     path = _path(resume_dir, index)
     with open(path + ".tmp", "w") as f:

@@ -61,7 +61,8 @@ _deprecated_reads: set = set()
 
 @dataclasses.dataclass(frozen=True, init=False)
 class TrainConfig:
-    """Everything that defines a training run (recorded in ``workdir/config.json``).
+    """Everything that defines a training run (recorded in ``workdir/config.json``); the
+    defaults are Madry et al.'s MNIST recipe (ICLR 2018, Section 4).
 
     ``TrainConfig(steps=10, eps=0.1)`` takes fields by their (unique) names,
     ``TrainConfig(run=RunConfig(steps=10))`` takes whole sections, and both mix

@@ -86,7 +86,8 @@ def evaluate_model(logits_fn, x, y, config: TrainConfig, key=None, mesh=None) ->
 def train_and_evaluate(config: TrainConfig, workdir: str, *,
                        stop_after: Optional[int] = None,
                        evaluate: bool = True) -> Optional[dict]:
-    """Trains (or resumes) and evaluates; the library entry point of the experiments.
+    """Trains (or resumes) and evaluates: Madry et al.'s saddle-point training (ICLR 2018,
+    Eq. 2.1; the outer minimisation by Danskin's theorem, Section 2), as a library call.
 
     Writes ``workdir/config.json``, appends to ``workdir/metrics.jsonl``, keeps
     orbax checkpoints in ``workdir/checkpoints`` and writes ``workdir/results.json``
@@ -321,7 +322,8 @@ class _sigterm_flag:
 def _evaluate_and_write(config: TrainConfig, workdir: str, mesh, primary: bool, state, summary,
                         xte, yte, evaluate: bool = True):
     model = build_model(config)
-    n = len(xte) if config.evaluation.eval_examples == -1 else min(config.evaluation.eval_examples, len(xte))
+    wanted = config.evaluation.eval_examples
+    n = len(xte) if wanted == -1 else min(wanted, len(xte))
     ema = config.optim.ema_decay > 0
     params, stats = ((state.ema_params, state.ema_batch_stats) if ema
                      else (state.params, state.batch_stats))

@@ -125,5 +125,3 @@ def model_logits_fn(config: TrainConfig, model, params, batch_stats, *, train: b
             out = model.apply(variables, z, train=False)
         return out.astype(jnp.float32)
     return logits_fn
-
-

@@ -84,7 +84,8 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
     key = jax.random.fold_in(attack_key_root, state.step)
     if config.data.augment_pad or config.data.augment_flip:
         key, aug_key = jax.random.split(key)
-        x = augment.pad_crop_flip(aug_key, x, pad=config.data.augment_pad, flip=config.data.augment_flip)
+        x = augment.pad_crop_flip(aug_key, x, pad=config.data.augment_pad,
+                                  flip=config.data.augment_flip)
     eps = eps_at(config, state.step)
     logits_fn = model_logits_fn(config, model, state.params, state.batch_stats,
                                 train=config.threat.bn_attack_mode == "train")
@@ -178,7 +179,8 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
                     raise ValueError(f"objective {config.loss.objective!r} needs a network without "
                                      f"batch norm (its bounds use inference mode)")
                 frac = ramp_at(config, state.step)
-                kappa = config.loss.kappa_start + (config.loss.kappa_end - config.loss.kappa_start) * frac
+                kappa = config.loss.kappa_start + (
+                    config.loss.kappa_end - config.loss.kappa_start) * frac
                 beta = config.loss.crown_beta_start + (
                     config.loss.crown_beta_end - config.loss.crown_beta_start) * frac
                 fn = model_logits_fn(config, model, params, stats)
@@ -229,5 +231,3 @@ def stacked(step_fn, k: int):
             return state, jax.tree_util.tree_map(lambda a: a[None], m)
         return jax.lax.scan(one, state, None, length=k)
     return run
-
-

@@ -243,7 +243,8 @@ def _default_weights(config: TrainConfig) -> str:
 
 
 def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
-    """A trained model of ``workdir`` with its configuration.
+    """A trained model of ``workdir`` with its configuration (a run of Madry et al.'s
+    training, ICLR 2018, Section 4, or of the other objectives).
 
     ``which``: ``"last"``, the raw weights of the newest readable checkpoint;
     ``"ema"``, the averaged weights of that checkpoint (runs with
@@ -268,7 +269,7 @@ def load_run(workdir: str, which: Optional[str] = None) -> LoadedRun:
                          "validation (eval_every is 0); use which='last'")
     model = build_model(config)
     state = create_state(config, model, make_optimizer(config),
-                               jnp.zeros(SAMPLE_SHAPE[config.data.dataset], jnp.float32))
+                         jnp.zeros(SAMPLE_SHAPE[config.data.dataset], jnp.float32))
     subdir = "best_checkpoint" if which == "best" else "checkpoints"
     if not os.path.isdir(os.path.join(workdir, subdir)):
         raise FileNotFoundError(f"{workdir}: no {subdir}/ to load")

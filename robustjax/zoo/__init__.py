@@ -8,7 +8,7 @@ float32 logits, eval mode) that composes with every attack, ``run_suite``,
 ``dm-wrn-D-W``) or a RobustBench model ID of the registry (``models.json``: the
 architecture, its options and input normalisation, dataset, threat model, ε and the
 accuracies RobustBench reports). Nothing is downloaded: point ``checkpoint=`` at the
-file (the README's "Published models" says where each comes from).
+file (docs/published_models.md says where each comes from).
 """
 
 from __future__ import annotations

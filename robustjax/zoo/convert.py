@@ -94,7 +94,7 @@ def read_torch(path, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
         import torch
     except ImportError as e:
         raise CheckpointError(f"reading the PyTorch checkpoint {path!r} needs torch "
-                              f"(pip install torch; see the README's 'Published models')") from e
+                              f"(pip install torch; see docs/published_models.md)") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; all mean "cannot read"

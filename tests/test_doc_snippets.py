@@ -1,4 +1,5 @@
-"""The README's library snippet runs and prints what the README says it prints."""
+"""The documentation's library snippets (docs/library.md, then docs/autoattack.md) run and
+print what the pages say they print."""
 
 import contextlib
 import io
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-# The snippets' claims are about hundreds of digits: 200 of the README's 500 check them.
+# The snippets' claims are about hundreds of digits: 200 of the pages' 500 check them.
 # Square (AutoAttack's last, gradient-free stage) rarely breaks what APGD and FAB left on
 # a natural model; 1,000 of its 5,000 queries run the stage at a fifth of the cost.
 EXAMPLES, SQUARE_QUERIES = 200, 1000
@@ -18,7 +19,7 @@ EXAMPLES, SQUARE_QUERIES = 200, 1000
 @pytest.mark.slow
 def test_readme_snippet(idx_dir):
     """Run on the real digits when present, else on the generated stand-in IDX files."""
-    text = (REPO / "README.md").read_text()
+    text = "".join((REPO / "docs" / page).read_text() for page in ("library.md", "autoattack.md"))
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     # The attack snippet, the suite snippet and the AutoAttack snippet, each continuing the last.
     assert len(blocks) == 3 and "PRNGKey(0), eps=0.1)\n" in blocks[2]
@@ -29,7 +30,7 @@ def test_readme_snippet(idx_dir):
             code = block.replace("../shared/data/mnist-10k", os.fspath(idx_dir))
             code = code.replace("[:500]", f"[:{EXAMPLES}]").replace(
                 "eps=0.1)\n", f"eps=0.1, num_queries={SQUARE_QUERIES})\n")
-            exec(compile(code, "README.md", "exec"), namespace)
+            exec(compile(code, "docs", "exec"), namespace)
     m = re.search(r"natural (\d+\.\d)%, PGD-40 (\d+\.\d)%", out.getvalue())
     assert m, out.getvalue()
     natural, robust = float(m.group(1)), float(m.group(2))
