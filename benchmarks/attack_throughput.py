@@ -26,48 +26,36 @@ XLA presets (CPU only):
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 
 from absl import app, flags
 
-from benchmarks.torch_port import configure_xla, torch_mnist_cnn
+from benchmarks import bench_flags
+from benchmarks.torch_port import configure_xla, torch_device, torch_mnist_cnn, torch_pgd
 
 _BATCHES = flags.DEFINE_list("batches", ["1", "50", "256"], "Batch sizes to time.")
 _STEPS = flags.DEFINE_integer("steps", 40, "PGD steps.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved timing repeats (median).")
+_REPEATS = bench_flags.repeats(5)
 _MIN_TIME = flags.DEFINE_float("min_time", 0.5, "Seconds per timing sample (small batches "
                                "run several attacks per sample).")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
-_XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
-                                "tuned: robustjax's XLA defaults; default: JAX's (docstring).")
+_THREADS = bench_flags.threads()
+_XLA_PRESET = bench_flags.xla_preset()
 _UNROLL = flags.DEFINE_integer("unroll", 1, "fori_loop unroll of the JAX attack.")
 _LOOP_FRIENDLY = flags.DEFINE_bool("loop_friendly", True, "MnistCNN(loop_friendly=...): False "
                                    "times the stock Flax/lax layers (the baseline).")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
-_PEER = flags.DEFINE_bool("peer", True, "Time PyTorch too (--nopeer, or torch missing: "
-                          "robustjax alone).")
-_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Also time the PyTorch attack on "
-                                   "torch.compile(model).")
+_JSON_OUT = bench_flags.json_out()
+_PEER = bench_flags.peer()
+_TORCH_COMPILE = bench_flags.torch_compile("Also time the PyTorch attack on "
+                                           "torch.compile(model).")
 
 EPS, STEP = 0.3, 0.01
 
 
 def _torch_pgd(model, x, y, eps, step, steps):
     """PGD written the usual way in PyTorch."""
-    import torch
-    import torch.nn.functional as F
-
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, [x_adv])
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv
+    return torch_pgd(model, x, y, eps=eps, step=step, steps=steps)
 
 
 def main(argv):
@@ -92,11 +80,7 @@ def main(argv):
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
     diff, tdev, nets = None, "none", {}
     if peer:
-        torch.set_num_threads(threads)
-        tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available()
-                            else "cpu")
-        if tdev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        tdev = torch_device(torch, threads, platform)
         net = torch_mnist_cnn(params).to(tdev)
         nets["torch"] = net
         if _TORCH_COMPILE.value:
@@ -188,13 +172,11 @@ def main(argv):
         print(f"| {r['batch']} | {r['jax_img_s']:.1f} | " + " | ".join(cells)
               + (" | " if cells else "") + f"{r['jax_ms']:.1f} ({r['jax_spread'][0]:.1f}-"
               f"{r['jax_spread'][1]:.1f}) |")
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(dict(platform=platform, device=device, threads=threads,
-                           loop_friendly=_LOOP_FRIENDLY.value, unroll=unroll,
-                           xla_flags=added_flags, jax=jax.__version__,
-                           torch=torch.__version__ if peer else None, peers=peers,
-                           rows=rows), f, indent=1)
+    bench_flags.write_json(_JSON_OUT.value, dict(platform=platform, device=device, threads=threads,
+                                                 loop_friendly=_LOOP_FRIENDLY.value, unroll=unroll,
+                                                 xla_flags=added_flags, jax=jax.__version__,
+                                                 torch=torch.__version__ if peer else None, peers=peers,
+                                                 rows=rows))
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ Figures in benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
 from absl import app, flags
 
+from benchmarks import bench_flags
 from benchmarks.aa_report import Capture, bits, peer_result, report
 from benchmarks.torch_port import configure_xla, torch_mnist_cnn
 
@@ -43,16 +43,15 @@ _EPS = flags.DEFINE_float("eps", None, "Radius (default: the training eps).")
 _NORM = flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "Threat model.")
 _VERSION = flags.DEFINE_enum("version", "standard", ["standard", "plus"], "AutoAttack version.")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Attack batch size, both implementations.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
-_XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
-                                "XLA CPU flag preset (benchmarks/torch_port.py).")
+_THREADS = bench_flags.threads()
+_XLA_PRESET = bench_flags.xla_preset()
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 100, "APGD and FAB iterations, both (AutoAttack: "
                                   "100).", lower_bound=1)
 _NUM_QUERIES = flags.DEFINE_integer("num_queries", 5000, "Square's queries, both (AutoAttack: "
                                     "5000).", lower_bound=1)
 _SKIP = flags.DEFINE_list("skip", [], "Implementations to skip: robustjax, pyautoattack.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
+_JSON_OUT = bench_flags.json_out()
 
 
 def main(argv):
@@ -158,9 +157,7 @@ def main(argv):
                                           norm=_NORM.value)
 
     report(out)
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(out, f, indent=1)
+    bench_flags.write_json(_JSON_OUT.value, out)
 
 
 if __name__ == "__main__":

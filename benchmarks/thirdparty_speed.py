@@ -36,14 +36,14 @@ Figures in benchmarks/RESULTS.md ("Any model, no flags").
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 
 from absl import app, flags
 
-from benchmarks.torch_port import configure_xla, cpu_description
+from benchmarks import bench_flags
+from benchmarks.torch_port import configure_xla, cpu_description, torch_pgd
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "MNIST IDX files (default: generated digits).")
 _EXAMPLES = flags.DEFINE_integer("examples", 500, "Test digits attacked (one batch).")
@@ -51,13 +51,12 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "Natural training steps 
 _ATTACKS = flags.DEFINE_list("attacks", ["pgd", "apgd"], "Attacks to time: pgd, apgd, fab "
                              "(FAB-T, 1 target class), square (--square_queries).")
 _SQUARE_QUERIES = flags.DEFINE_integer("square_queries", 1000, "Square attack queries.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved timing repeats (median).")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
-_XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
-                                "tuned: robustjax's XLA defaults; default: none.")
+_REPEATS = bench_flags.repeats(3)
+_THREADS = bench_flags.threads()
+_XLA_PRESET = bench_flags.xla_preset()
 _FAST_GRAD = flags.DEFINE_bool("fast_grad", True, "robustjax.models.fastpath on (its default).")
 _PER_LAYER = flags.DEFINE_bool("per_layer", True, "Time each convolution alone too.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
+_JSON_OUT = bench_flags.json_out()
 
 EPS, PGD_STEP, PGD_STEPS, APGD_STEPS = 0.3, 0.01, 40, 100
 CONVS = ((28, 1, 32), (26, 32, 32), (12, 32, 64), (10, 64, 64))  # (input size, cin, cout), 3x3
@@ -223,16 +222,7 @@ def _per_layer(batch, steps):
 
 
 def _torch_pgd(net, x, y):
-    import torch
-    import torch.nn.functional as F
-
-    x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
-    for _ in range(PGD_STEPS):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(net(x_adv), y), [x_adv])
-        x_adv = x_adv.detach() + PGD_STEP * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0, 1)
-    return x_adv
+    return torch_pgd(net, x, y, eps=EPS, step=PGD_STEP, steps=PGD_STEPS)
 
 
 def main(argv):
@@ -385,14 +375,12 @@ def main(argv):
             print(f"| {r['layer']} | {r['gflop']:.1f} | {r['stock_ms']:.0f} | "
                   f"{r['stock_gflops']:.0f} | {r['rewritten_ms']:.0f} | "
                   f"{r['rewritten_gflops']:.0f} ({r['rewritten_gflops'] / peak:.0%}) |")
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(dict(cpu=cpu, threads=threads, xla_flags=xla_flags,
-                           fast_grad=_FAST_GRAD.value, jax=jax.__version__,
-                           torch=torch.__version__, examples=n, clean_acc=clean_acc,
-                           peak_gflops=peak, peak_jax_gflops=peak_jax,
-                           peak_torch_gflops=peak_torch, flop_per_step=flop_per_step, rows=rows,
-                           per_layer=layer_rows), f, indent=1)
+    bench_flags.write_json(_JSON_OUT.value, dict(cpu=cpu, threads=threads, xla_flags=xla_flags,
+                                                 fast_grad=_FAST_GRAD.value, jax=jax.__version__,
+                                                 torch=torch.__version__, examples=n, clean_acc=clean_acc,
+                                                 peak_gflops=peak, peak_jax_gflops=peak_jax,
+                                                 peak_torch_gflops=peak_torch, flop_per_step=flop_per_step, rows=rows,
+                                                 per_layer=layer_rows))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: robustjax's MnistCNN in PyTorch with the same weights, and XLA CPU flags."""
+"""Shared by the benchmarks: robustjax's MnistCNN in PyTorch with the same weights, PGD and
+the device the usual PyTorch way, and XLA CPU flags."""
 
 from __future__ import annotations
 
@@ -85,3 +86,26 @@ def torch_mnist_cnn(params):
         net.fc2.weight.copy_(torch.from_numpy(np.ascontiguousarray(p["fc2"]["kernel"].T)))
         net.fc2.bias.copy_(torch.from_numpy(p["fc2"]["bias"].copy()))
     return net.eval()
+
+
+def torch_pgd(net, x, y, *, eps: float, step: float, steps: int):
+    """L-inf PGD from a uniform random start, written the usual way in PyTorch."""
+    import torch
+    import torch.nn.functional as F
+
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(net(x_adv), y), [x_adv])
+        x_adv = x_adv.detach() + step * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def torch_device(torch, threads: int, platform: str):
+    """PyTorch's device beside JAX's ``platform`` (CUDA with cuDNN autotuning on a GPU)."""
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device

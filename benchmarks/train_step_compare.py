@@ -23,6 +23,7 @@ import time
 
 from absl import app, flags
 
+from benchmarks import bench_flags
 from benchmarks.torch_port import configure_xla, cpu_description, torch_mnist_cnn
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "MNIST IDX files.")
@@ -32,10 +33,9 @@ _PGD_STEPS = flags.DEFINE_integer("pgd_steps", 10, "PGD steps of the training at
 _STEPS = flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (the "
                               "training default is 1; > 1 is a lax.scan over steps).")
 _CALLS = flags.DEFINE_integer("calls", 10, "Jitted calls per timing sample.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved timing repeats (median).")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
-_XLA_PRESET = flags.DEFINE_enum("xla_preset", "tuned", ["tuned", "default"],
-                                "tuned: robustjax's XLA defaults; default: JAX's.")
+_REPEATS = bench_flags.repeats(3)
+_THREADS = bench_flags.threads()
+_XLA_PRESET = bench_flags.xla_preset()
 
 EPS, STEP, LR = 0.3, 0.01, 1e-4
 
@@ -90,16 +90,17 @@ def main(argv):
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     torch_steps(1)
-    tj, tt = [], []
-    for _ in range(_REPEATS.value):
-        t0 = time.perf_counter()
+
+    def jax_calls():
+        nonlocal state
         for _ in range(calls):
             state, m = run(state, images, labels)
         jax.block_until_ready(m)
-        tj.append((time.perf_counter() - t0) / (k * calls))
-        t0 = time.perf_counter()
-        torch_steps(k * calls)
-        tt.append((time.perf_counter() - t0) / (k * calls))
+
+    times = bench_flags.interleaved_times(
+        {"jax": jax_calls, "torch": lambda: torch_steps(k * calls)}, _REPEATS.value,
+        per_call=k * calls)
+    tj, tt = times["jax"], times["torch"]
     mj, mt = statistics.median(tj), statistics.median(tt)
     print(f"# Madry training step, MnistCNN({_WIDTH.value}), batch {_BATCH.value}, "
           f"PGD-{_PGD_STEPS.value} (eps {EPS}, step {STEP}) + Adam {LR}; {k} step(s) per call")

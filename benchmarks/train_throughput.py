@@ -26,26 +26,25 @@ cost F is measured by XLA's cost analysis (the issue quotes F(WRN-34-10) =
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import time
 
+from benchmarks import bench_flags
+from benchmarks.torch_port import torch_device
 from absl import app, flags
 
 _WIDTHS = flags.DEFINE_list("widths", ["1"], "CifarResNet widths (10: WRN-34-10).")
 _BATCH = flags.DEFINE_integer("batch", 16, "Batch size (the paper: 128).")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved timing repeats (median).")
+_REPEATS = bench_flags.repeats(3)
 _STEPS_PER_SAMPLE = flags.DEFINE_integer("steps_per_sample", 2, "Training steps per timing "
                                          "sample.")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
-_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch module.")
+_THREADS = bench_flags.threads()
+_TORCH_COMPILE = bench_flags.torch_compile("torch.compile the PyTorch module.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of the device for the "
                            "utilisation column (0: unknown, no column).")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Optional path for the results as JSON.")
-_PEER = flags.DEFINE_bool("peer", True, "Time PyTorch too (--nopeer, or torch missing: "
-                          "robustjax alone).")
+_JSON_OUT = bench_flags.json_out()
+_PEER = bench_flags.peer()
 _CHANNELS_LAST = flags.DEFINE_bool("torch_channels_last", False, "PyTorch in channels_last "
                                    "memory format (the fast layout for cuDNN with AMP).")
 
@@ -212,11 +211,7 @@ def main(argv):
     platform = jax.default_backend()
     tdev = "none"
     if peer:
-        torch.set_num_threads(threads)
-        tdev = torch.device("cuda" if platform == "gpu" and torch.cuda.is_available()
-                            else "cpu")
-        if tdev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        tdev = torch_device(torch, threads, platform)
 
     def sync():
         if peer and tdev.type == "cuda":
@@ -294,21 +289,21 @@ def main(argv):
                 tstep()
                 sync()
             k = _STEPS_PER_SAMPLE.value
-            tj, tt = [], []
-            for _ in range(_REPEATS.value):
-                t0 = time.perf_counter()
+
+            def jax_steps():
+                nonlocal state
                 for _ in range(k):
                     state, m = jstep(state, ji, jl)
                 jax.block_until_ready(m)
-                tj.append((time.perf_counter() - t0) / k)
-                if peer:
-                    t0 = time.perf_counter()
-                    for _ in range(k):
-                        tstep()
-                    sync()
-                    tt.append((time.perf_counter() - t0) / k)
-            mj = statistics.median(tj)
-            mt = statistics.median(tt) if peer else None
+
+            def torch_steps():
+                for _ in range(k):
+                    tstep()
+                sync()
+
+            runs = dict(jax=jax_steps, **(dict(torch=torch_steps) if peer else {}))
+            mid = bench_flags.medians(bench_flags.interleaved_times(runs, _REPEATS.value, k))
+            mj, mt = mid["jax"], mid.get("torch")
             tflops = FORWARD_EQUIVALENTS * flops_fwd * batch / mj / 1e12
             rows.append(dict(width=width, dtype=dtype, batch=batch, jax_img_s=batch / mj,
                              torch_img_s=batch / mt if peer else None,
@@ -330,12 +325,10 @@ def main(argv):
         print(f"| {r['width']} | {r['dtype']} | {r['batch']} | {r['jax_img_s']:.1f} | "
               f"{tt} | {ratio} | {r['forward_gflop']:.2f} | "
               f"{r['jax_tflops']:.3f} | {mfu} |")
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(dict(platform=platform, device=device, threads=threads,
-                           jax=jax.__version__, torch=torch.__version__ if peer else None,
-                           torch_compile=_TORCH_COMPILE.value,
-                           channels_last=_CHANNELS_LAST.value, rows=rows), f, indent=1)
+    bench_flags.write_json(_JSON_OUT.value, dict(platform=platform, device=device, threads=threads,
+                                                 jax=jax.__version__, torch=torch.__version__ if peer else None,
+                                                 torch_compile=_TORCH_COMPILE.value,
+                                                 channels_last=_CHANNELS_LAST.value, rows=rows))
 
 
 if __name__ == "__main__":

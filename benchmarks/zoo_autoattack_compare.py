@@ -23,13 +23,13 @@ Figures in benchmarks/RESULTS.md ("Published models").
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
 
 from absl import app, flags
 
+from benchmarks import bench_flags
 from benchmarks.aa_report import Capture, bits, peer_result, report
 
 _EXAMPLES = flags.DEFINE_integer("examples", 32, "Generated test images.", lower_bound=1)
@@ -39,12 +39,12 @@ _EPS = flags.DEFINE_float("eps", 8 / 255, "L-inf radius.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 5, "APGD and FAB iterations.", lower_bound=1)
 _NUM_QUERIES = flags.DEFINE_integer("num_queries", 50, "Square's queries.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Attack batch size, both.", lower_bound=1)
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both (0: all cores).")
+_THREADS = bench_flags.threads()
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights, the data and both attacks.")
 _DEPTH = flags.DEFINE_integer("depth", 28, "WRN depth.")
 _WIDTH = flags.DEFINE_integer("width", 10, "WRN width.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/zoo_compare", "Where the .pt file goes.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results as JSON here.")
+_JSON_OUT = bench_flags.json_out()
 
 
 def _generated(n, seed):
@@ -172,9 +172,7 @@ def main(argv):
     out["pyautoattack"] = peer_result(logits_fn, x, y, x_adv, cap, seconds, eps=_EPS.value,
                                       norm="linf")
     report(out)
-    if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(out, f, indent=1)
+    bench_flags.write_json(_JSON_OUT.value, out)
 
 
 if __name__ == "__main__":

@@ -33,40 +33,30 @@ the paper's Tables 1 and 2.
 """
 
 import os
-import time
 
 from absl import app, flags
 
+from experiments import eval_flags
 from experiments.cli import one_line_errors
 from experiments.log_setup import setup_logging
 
-flags.DEFINE_string("workdir", "workdirs/mnist",
-                    "Training workdir of the model; default: experiments.mnist's default.")
-flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir, else TFDS).")
+eval_flags.model()
 flags.DEFINE_list("norm", ["linf"], "Threat model(s): linf, l2 or l1; a list runs each, "
                   "one after the other (default eps: the training eps in the training norm).")
 flags.DEFINE_list("eps", None, "Radius, one per --norm (default: the training eps; required "
                   "for another norm than the training one).")
 flags.DEFINE_enum("version", "standard", ["standard", "plus"], "AutoAttack version.")
-flags.DEFINE_integer("examples", -1, "First N test examples (-1: the whole test split).")
-flags.DEFINE_integer("batch_size", 500, "Largest attack batch.")
-flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
-flags.DEFINE_integer("num_steps", 100, "APGD and FAB iterations (AutoAttack: 100).")
-flags.DEFINE_integer("num_queries", 5000, "Square's queries (AutoAttack: 5000).")
-flags.DEFINE_string("output_dir", None, "Where autoattack.json and .md go (default: "
-                    "WORKDIR/autoattack, or WORKDIR/autoattack_NORM_EPS for another threat model).")
+eval_flags.examples(-1)
+eval_flags.budget()
+eval_flags.run("WORKDIR/autoattack, or WORKDIR/autoattack_NORM_EPS for another threat "
+               "model; autoattack.json and .md")
 FLAGS = flags.FLAGS
 NORM_TITLES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
-flags.register_validator("examples", lambda v: v == -1 or v >= 1,
-                         message="--examples must be -1 (all) or positive")
-for _name in ("batch_size", "num_steps", "num_queries"):
-    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 
 
 @one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    eval_flags.no_arguments(argv)
     if not FLAGS.workdir:
         raise app.UsageError("--workdir (the evaluated model's training workdir) is required")
     setup_logging()
@@ -128,23 +118,12 @@ def _evaluate(run, cfg, x, y, norm, eps, out) -> dict:
     """AutoAttack in one threat model; writes OUT/autoattack.json and .md; returns the results."""
     import jax
 
-    from robustjax.evaluation import autoattack
-    from robustjax.runtime import mesh
-    from robustjax.evaluation import suite
     from robustjax import training as train
+    from robustjax.evaluation import suite
+    from robustjax.runtime import mesh
 
     n = len(x)
-    t0 = time.time()
-    res = autoattack.autoattack(run.logits_fn, x, y, jax.random.PRNGKey(FLAGS.seed), eps=eps,
-                                norm=norm, version=FLAGS.version,
-                                batch_size=FLAGS.batch_size, num_steps=FLAGS.num_steps,
-                                num_queries=FLAGS.num_queries,
-                                resume_dir=os.path.join(out, "stages"))
-    seconds = time.time() - t0
-    spec = suite.AttackSpec("AutoAttack", attack="autoattack", norm=norm, eps=eps,
-                            version=FLAGS.version)
-    rows = [suite.AttackSpec("Natural", attack="natural", eps=eps).row(res.clean_accuracy),
-            dict(spec.row(res.robust_accuracy), after=res.accuracy_after)]
+    res, seconds, rows = eval_flags.run_autoattack(run.logits_fn, x, y, eps=eps, norm=norm, out=out)
     results = dict(
         clean_acc=res.clean_accuracy, robust_acc=res.robust_accuracy,
         accuracy_after=res.accuracy_after, eps=float(eps), norm=norm,

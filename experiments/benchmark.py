@@ -21,18 +21,24 @@ accuracy after each attack and the shared ``rows``; and benchmark.md. AutoAttack
 for L2, the registry's for an ID) runs on the devices of the mesh, keeps its state after
 each attack in O/stages, and resumes there when the command is rerun.
 
-Expected: on the full 10,000 test images, a registry model's clean and AutoAttack
-accuracy match RobustBench's figures (``--list``) within AutoAttack's run-to-run noise
-(a few hundredths of a percent); with ``--examples=N`` the figures are those of the
-first N test images.
+What was checked here, without any published checkpoint (none can be downloaded on
+the machines this was built on): every architecture against the peers' own released
+model definitions (robustbench 1.1.1, pyautoattack 0.2.0), logits equal to PyTorch's
+within float32 rounding on the same weights, the converters on checkpoints written by
+those definitions, and AutoAttack against the official code on the same converted model
+(``tests/test_zoo.py``, ``benchmarks/zoo_autoattack_compare.py``, ``benchmarks/RESULTS.md``
+"Published models"). What a user with a registry model's checkpoint should see on the
+full 10,000 test images: clean and AutoAttack accuracy near RobustBench's figures
+(``--list`` prints them); that agreement has not been measured here. With
+``--examples=N`` the figures are those of the first N test images.
 """
 
 import json
 import os
-import time
 
 from absl import app, flags
 
+from experiments import eval_flags
 from experiments.cli import one_line_errors
 from experiments.log_setup import setup_logging
 
@@ -41,10 +47,9 @@ flags.DEFINE_string("checkpoint", None, "PyTorch state_dict (.pt/.pth) or DeepMi
 flags.DEFINE_enum("dataset", "cifar10", ["cifar10", "cifar100"], "Test set.")
 flags.DEFINE_enum("threat_model", "Linf", ["Linf", "L2"], "RobustBench threat model.")
 flags.DEFINE_float("eps", None, "Radius (default: the registry's, else 8/255 L-inf, 0.5 L2).")
-flags.DEFINE_integer("examples", -1, "First N test images (-1: all 10,000).")
-flags.DEFINE_string("data_dir", None, "Official CIFAR archives (default: TFDS's prepared copy).")
-flags.DEFINE_string("output_dir", None, "Where benchmark.json/.md go (default: "
-                    "./benchmark/MODEL_DATASET_THREAT).")
+eval_flags.examples(-1, "First N test images (-1: all 10,000).")
+flags.DEFINE_string("data_dir", None, "Official CIFAR archives (default: TFDS).")
+eval_flags.run("./benchmark/MODEL_DATASET_THREAT; benchmark.json and .md")
 flags.DEFINE_list("mean", None, "Architecture names only: input mean inside the model (3).")
 flags.DEFINE_list("std", None, "Architecture names only: input std inside the model (3).")
 flags.DEFINE_list("options", [], "Architecture names only: switches of the original, "
@@ -53,18 +58,11 @@ flags.DEFINE_enum("format", "auto", ["auto", "pytorch", "haiku"], "Checkpoint fo
 flags.DEFINE_bool("allow_pickle", False, "Let the checkpoint run its pickle (DeepMind's .npy; "
                   "PyTorch files that store more than tensors). Only for trusted files.")
 flags.DEFINE_enum("version", "standard", ["standard", "plus"], "AutoAttack version.")
-flags.DEFINE_integer("batch_size", 500, "Largest attack batch.")
-flags.DEFINE_integer("num_steps", 100, "APGD and FAB iterations (AutoAttack: 100).")
-flags.DEFINE_integer("num_queries", 5000, "Square's queries (AutoAttack: 5000).")
-flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
+eval_flags.budget()
 flags.DEFINE_bool("list", False, "Print the registry and exit.")
 FLAGS = flags.FLAGS
 NORMS = {"Linf": "linf", "L2": "l2"}
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}
-flags.register_validator("examples", lambda v: v == -1 or v >= 1,
-                         message="--examples must be -1 (all) or positive")
-for _name in ("batch_size", "num_steps", "num_queries"):
-    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 
 
 def _list() -> None:
@@ -98,8 +96,7 @@ def _floats(name):
 
 @one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    eval_flags.no_arguments(argv)
     if FLAGS.list:
         return _list()
     if not FLAGS.model:
@@ -113,10 +110,8 @@ def main(argv):
     import numpy as np
 
     from robustjax import zoo
-    from robustjax.evaluation import autoattack
     from robustjax.data import datasets as data
     from robustjax.runtime import mesh
-    from robustjax.evaluation import suite
 
     logits_fn = zoo.load(FLAGS.model, FLAGS.checkpoint, dataset=FLAGS.dataset,
                          threat_model=FLAGS.threat_model, mean=_floats("mean"),
@@ -137,17 +132,7 @@ def main(argv):
     out = FLAGS.output_dir or os.path.join(
         "benchmark", f"{FLAGS.model}_{FLAGS.dataset}_{FLAGS.threat_model}")
     norm = NORMS[FLAGS.threat_model]
-    t0 = time.time()
-    res = autoattack.autoattack(logits_fn, x, y, jax.random.PRNGKey(FLAGS.seed), eps=eps,
-                                norm=norm, version=FLAGS.version,
-                                batch_size=FLAGS.batch_size, num_steps=FLAGS.num_steps,
-                                num_queries=FLAGS.num_queries,
-                                resume_dir=os.path.join(out, "stages"))
-    seconds = time.time() - t0
-    spec = suite.AttackSpec("AutoAttack", attack="autoattack", norm=norm, eps=eps,
-                            version=FLAGS.version)
-    rows = [suite.AttackSpec("Natural", attack="natural", eps=eps).row(res.clean_accuracy),
-            dict(spec.row(res.robust_accuracy), after=res.accuracy_after)]
+    res, seconds, rows = eval_flags.run_autoattack(logits_fn, x, y, eps=eps, norm=norm, out=out)
     module = logits_fn.module
     results = dict(
         # RobustBench's model_info fields (accuracies in %, as strings rounded to 2 places).

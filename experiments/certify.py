@@ -24,18 +24,16 @@ import time
 
 from absl import app, flags
 
-from experiments import figures
+from experiments import eval_flags, figures
 from experiments.cli import one_line_errors
 
-flags.DEFINE_string("workdir", "workdirs/mnist",
-                    "Training workdir of the evaluated model; default: experiments.mnist's default.")
-flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir, else TFDS).")
+eval_flags.model()
 flags.DEFINE_list("eps", None, "L-inf radii (default: the training eps).")
 flags.DEFINE_list("methods", ["ibp", "crown_ibp", "crown"],
                   "Verifiers: ibp, crown_ibp, crown, alpha_crown.")
 flags.DEFINE_list("attacks", ["pgd", "autoattack"], "Attack rows: pgd, autoattack.")
-flags.DEFINE_integer("examples", -1, "First N test examples (-1: the whole test split).")
-flags.DEFINE_integer("batch_size", 500, "Attack batch size.")
+eval_flags.examples(-1)
+eval_flags.budget(num_steps="AutoAttack's APGD and FAB iterations (AutoAttack: 100).")
 flags.DEFINE_integer("bound_batch_size", 256, "IBP / CROWN-IBP batch size.")
 flags.DEFINE_integer("crown_batch_size", 256, "Most examples per CROWN / alpha-CROWN chunk "
                      "(chunks are also sized to --memory_budget_gib).")
@@ -43,15 +41,9 @@ flags.DEFINE_float("memory_budget_gib", 0.0, "Memory for the bounds, in GiB (0: 
                    "free memory).", lower_bound=0.0)
 flags.DEFINE_integer("pgd_steps", 40, "PGD steps.")
 flags.DEFINE_integer("pgd_restarts", 1, "PGD restarts.")
-flags.DEFINE_integer("num_steps", 100, "AutoAttack's APGD and FAB iterations (AutoAttack: 100).")
-flags.DEFINE_integer("num_queries", 5000, "AutoAttack's Square queries (AutoAttack: 5000).")
-flags.DEFINE_integer("seed", 0, "Seed of the attacks.")
-flags.DEFINE_string("output_dir", None, "Where certify.json and .md go (default DIR/certify).")
+eval_flags.run("WORKDIR/certify; certify.json and .md")
 FLAGS = flags.FLAGS
-flags.register_validator("examples", lambda v: v == -1 or v >= 1,
-                         message="--examples must be -1 (all) or positive")
-for _name in ("batch_size", "bound_batch_size", "crown_batch_size", "pgd_steps",
-              "pgd_restarts", "num_steps", "num_queries"):
+for _name in ("bound_batch_size", "crown_batch_size", "pgd_steps", "pgd_restarts"):
     flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 
 TITLES = dict(pgd="PGD", autoattack="AutoAttack", ibp="IBP-certified",
@@ -84,8 +76,7 @@ def _parse(cfg):
 
 @one_line_errors
 def main(argv):
-    models, x, y = figures.start(argv, workdir=FLAGS.workdir, natural_workdir=None,
-                                 data_dir=FLAGS.data_dir, examples=FLAGS.examples)
+    models, x, y = figures.start_from_flags(argv)
     import jax
 
     from robustjax.evaluation import bracket

@@ -46,7 +46,7 @@ import time
 import jax
 from absl import app, flags
 
-from experiments import common, figures
+from experiments import common, eval_flags, figures
 from experiments.cli import one_line_errors
 from robustjax.runtime import mesh
 from robustjax.evaluation import suite
@@ -294,8 +294,7 @@ def run(root: str, methods: list[str], *, test_examples: int, attack_batch_size:
 
 @one_line_errors
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    eval_flags.no_arguments(argv)
     if not FLAGS.root:
         raise app.UsageError("--root (the comparison's output directory) is required")
     if FLAGS.workdir:

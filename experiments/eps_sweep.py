@@ -37,7 +37,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments import figures
+from experiments import eval_flags, figures
 from experiments.cli import one_line_errors
 from robustjax.evaluation.sweeps import SWEEP_ATTACKS
 
@@ -53,10 +53,7 @@ DEFAULT_EPS.update({("fashion_mnist", n): DEFAULT_EPS[("mnist", n)]
                     for n in ("linf", "l2", "l1")})
 NORM_TITLES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
 
-flags.DEFINE_string("workdir", "workdirs/mnist",
-                    "Adversarially trained model's workdir; default: experiments.mnist's default.")
-flags.DEFINE_string("natural_workdir", None, "Naturally trained model's workdir (optional).")
-flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir).")
+eval_flags.model("Adversarially trained model's workdir", natural=True)
 flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "Threat model of the sweep.")
 flags.DEFINE_list("eps", None, "Radii (default: the dataset's list for --norm, see above).")
 flags.DEFINE_list("attacks", ["pgd", "apgd", "square"],
@@ -64,19 +61,12 @@ flags.DEFINE_list("attacks", ["pgd", "apgd", "square"],
 flags.DEFINE_list("certify", ["ibp", "crown_ibp"],
                   "Verifiers whose certified-accuracy curves (the lower side of the bracket) "
                   "are drawn under the attack curves: from ibp, crown_ibp, crown (empty: none).")
-flags.DEFINE_integer("examples", 1000, "First N test examples (-1: all).")
-flags.DEFINE_integer("num_steps", 100, "PGD / APGD iterations.")
-flags.DEFINE_integer("num_queries", 5000, "Square's queries.")
-flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
-flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
-flags.DEFINE_string("output_dir", None, "Output directory (default: WORKDIR/eps_sweep).")
+eval_flags.examples(1000)
+eval_flags.budget(num_steps="PGD / APGD iterations.")
+eval_flags.run("WORKDIR/eps_sweep")
 FLAGS = flags.FLAGS
 log = logging.getLogger("robustjax.figures")
 
-for _name in ("num_steps", "num_queries", "batch_size"):
-    flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
-flags.register_validator("examples", lambda v: v == -1 or v >= 1,
-                         message="--examples must be -1 (all) or positive")
 flags.register_validator("attacks", lambda v: bool(v) and set(v) <= set(SWEEP_ATTACKS),
                          message=f"--attacks must be a list from {','.join(SWEEP_ATTACKS)}")
 flags.register_validator("certify", lambda v: set(v) <= {"ibp", "crown_ibp", "crown"},
@@ -164,9 +154,7 @@ def _certified_curves(model, x, y, eps, curves) -> dict:
 
 @one_line_errors
 def main(argv):
-    models, x, y = figures.start(argv, workdir=FLAGS.workdir,
-                                 natural_workdir=FLAGS.natural_workdir,
-                                 data_dir=FLAGS.data_dir, examples=FLAGS.examples)
+    models, x, y = figures.start_from_flags(argv)
     import jax
 
     from robustjax.runtime import mesh

@@ -12,7 +12,7 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from experiments.log_setup import setup_logging
 
@@ -32,6 +32,15 @@ def start(argv, *, workdir: str, natural_workdir: str | None, data_dir: str | No
     models = load_models(workdir, natural_workdir)
     x, y = test_data(models[0].run, data_dir, examples)
     return models, x, y
+
+
+def start_from_flags(argv):
+    """:func:`start` with the evaluation flags (``experiments.eval_flags``): ``--workdir``,
+    ``--natural_workdir`` where the entry point has it, ``--data_dir``, ``--examples``."""
+    f = flags.FLAGS
+    natural = f.natural_workdir if "natural_workdir" in f else None
+    return start(argv, workdir=f.workdir, natural_workdir=natural, data_dir=f.data_dir,
+                 examples=f.examples)
 
 
 def load_models(workdir: str, natural_workdir: str | None) -> list[Model]:

@@ -36,15 +36,12 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments import figures
+from experiments import eval_flags, figures
 from experiments.cli import one_line_errors
 
-flags.DEFINE_string("workdir", "workdirs/mnist",
-                    "Adversarially trained model's workdir; default: experiments.mnist's default.")
-flags.DEFINE_string("natural_workdir", None, "Naturally trained model's workdir (optional).")
-flags.DEFINE_string("data_dir", None, "Dataset files (default: the workdir's data_dir).")
+eval_flags.model("Adversarially trained model's workdir", natural=True)
 flags.DEFINE_integer("restarts", 100_000, "Random starts per example (the paper: 10^5).")
-flags.DEFINE_integer("examples", 5, "First M test examples (the paper: 5).")
+eval_flags.examples(5, "First M test examples (the paper: 5).")
 flags.DEFINE_integer("steps", 100, "PGD iterations per restart.")
 flags.DEFINE_float("step_size", None, "PGD step (default: the run's evaluation step, 0.01 "
                    "on MNIST, 2/255 on CIFAR-10).")
@@ -52,12 +49,11 @@ flags.DEFINE_float("eps", None, "L-inf radius (default: the training eps).")
 flags.DEFINE_integer("chunk_size", 1000, "Restarts per compiled call.")
 flags.DEFINE_integer("trajectories", 20, "Trajectories per example kept for Figure 1.")
 flags.DEFINE_integer("bins", 50, "Histogram bins (Figure 2).")
-flags.DEFINE_integer("seed", 0, "Seed of the random starts.")
-flags.DEFINE_string("output_dir", None, "Output directory (default: WORKDIR/loss_landscape).")
+eval_flags.run("WORKDIR/loss_landscape", "Seed of the random starts.")
 FLAGS = flags.FLAGS
 log = logging.getLogger("robustjax.figures")
 
-for _name in ("restarts", "examples", "chunk_size", "bins"):
+for _name in ("restarts", "chunk_size", "bins"):
     flags.register_validator(_name, lambda v: v >= 1, message=f"--{_name} must be >= 1")
 flags.register_validator("steps", lambda v: v >= 0, message="--steps must be >= 0")
 flags.register_validator("trajectories", lambda v: v >= 0, message="--trajectories must be >= 0")
@@ -121,9 +117,7 @@ def plot_histograms(plt, result: dict, path: str) -> None:
 
 @one_line_errors
 def main(argv):
-    models, x, y = figures.start(argv, workdir=FLAGS.workdir,
-                                 natural_workdir=FLAGS.natural_workdir,
-                                 data_dir=FLAGS.data_dir, examples=FLAGS.examples)
+    models, x, y = figures.start_from_flags(argv)
     import jax
 
     from robustjax.evaluation import landscape

@@ -13,6 +13,7 @@ import time
 import jax
 from absl import app, flags
 
+from experiments import eval_flags
 from experiments.log_setup import setup_logging
 from robustjax.data import datasets as data
 from robustjax.runtime import mesh
@@ -21,13 +22,12 @@ from robustjax import training as train
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", "workdirs/mnist",
-                    "Workdir of the evaluated model A; default: experiments.mnist's default.")
+eval_flags.model("Workdir of the evaluated model A (a training run)", data_dir=False)
 flags.DEFINE_string("source_a_prime", None, "Workdir of A': an independently trained copy "
                     "of A (same recipe, another seed). Adds its transfer rows.")
 flags.DEFINE_string("data_dir", None, "Raw dataset files (default: the data_dir A was "
                     "trained with, else TFDS).")
-flags.DEFINE_integer("examples", -1, "Test examples to evaluate (-1: the whole test split).")
+eval_flags.examples(-1)
 flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
 flags.DEFINE_integer("seed", 0, "Seed of the random starts and targets.")
 flags.DEFINE_string("output_dir", None, "Where results.json, results.md, the finished rows "
@@ -42,8 +42,6 @@ flags.DEFINE_enum("suite", "paper", ["paper", "autoattack", "all"],
                   "every attack row; a certified example broken by any row is an error).")
 
 SUITES = ("paper", "autoattack", "all")
-flags.register_validator("examples", lambda v: v == -1 or v >= 1,
-                         message="--examples must be -1 (all) or positive")
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
 
 
@@ -83,8 +81,7 @@ def certified_rows(logits_fn, x, y, eps: float, worst_case_correct) -> list:
 
 def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> dict:
     """Loads A and the sources, runs the rows, writes results.json and results.md."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    eval_flags.no_arguments(argv)
     setup_logging()
     if not FLAGS.workdir:
         raise app.UsageError("--workdir (the evaluated model's training workdir) is required")

@@ -17,25 +17,25 @@ import warnings
 
 __all__ = ["MOVED", "install"]
 
-# old module (robustjax.<old>) -> its new place
-MOVED = {
-    "mesh": "robustjax.runtime.mesh", "rowstore": "robustjax.runtime.rowstore",
-    "xla_defaults": "robustjax.runtime.xla_defaults",
-    "augment": "robustjax.data.augment",
-    "layers": "robustjax.models.layers", "fastpath": "robustjax.models.fastpath",
-    "geometry": "robustjax.attacks.geometry", "l1": "robustjax.attacks.l1",
-    "apgd": "robustjax.attacks.apgd", "apgd_l1": "robustjax.attacks.apgd_l1",
-    "fab": "robustjax.attacks.fab", "square": "robustjax.attacks.square",
-    "bound_graph": "robustjax.certify.graph", "interval": "robustjax.certify.interval",
-    "crown": "robustjax.certify.crown", "bound_memory": "robustjax.certify.memory",
-    "evaluate": "robustjax.evaluation.accuracy", "autoattack": "robustjax.evaluation.autoattack",
-    "suite": "robustjax.evaluation.suite", "sweeps": "robustjax.evaluation.sweeps",
-    "landscape": "robustjax.evaluation.landscape", "bracket": "robustjax.evaluation.bracket",
-    "config": "robustjax.training.config", "state": "robustjax.training.state",
-    "step": "robustjax.training.step", "trades": "robustjax.training.trades",
-    "loop": "robustjax.training.loop", "validation": "robustjax.training.validation",
-    "workdir": "robustjax.training.workdir", "train": "robustjax.training",
+# The new place of each old module robustjax.<old>: package -> ((old, new name), ...).
+_PLACES = {
+    "runtime": (("mesh", "mesh"), ("rowstore", "rowstore"), ("xla_defaults", "xla_defaults")),
+    "data": (("augment", "augment"),),
+    "models": (("layers", "layers"), ("fastpath", "fastpath")),
+    "attacks": (("geometry", "geometry"), ("l1", "l1"), ("apgd", "apgd"),
+                ("apgd_l1", "apgd_l1"), ("fab", "fab"), ("square", "square")),
+    "certify": (("bound_graph", "graph"), ("interval", "interval"), ("crown", "crown"),
+                ("bound_memory", "memory")),
+    "evaluation": (("evaluate", "accuracy"), ("autoattack", "autoattack"), ("suite", "suite"),
+                   ("sweeps", "sweeps"), ("landscape", "landscape"), ("bracket", "bracket")),
+    "training": (("config", "config"), ("state", "state"), ("step", "step"),
+                 ("trades", "trades"), ("loop", "loop"), ("validation", "validation"),
+                 ("workdir", "workdir")),
 }
+MOVED = {old: f"robustjax.{package}.{new}" for package, pairs in _PLACES.items()
+         for old, new in pairs}
+"""Old module (robustjax.<old>) -> its new place."""
+MOVED["train"] = "robustjax.training"   # its names are the training package's
 _warned: set = set()
 
 

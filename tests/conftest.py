@@ -209,6 +209,14 @@ def pgd_baselines(natural_model, tmp_path_factory) -> PgdBaselines:
                   lambda _: PgdBaselines(eps, n, run(1), run(5)))
 
 
+def random_mnist_cnn(shape, *, x_seed: int, init_seed: int, width: int = 1):
+    """``(logits_fn, x)``: the paper's MnistCNN(width) at random weights, uniform inputs."""
+    m = models.MnistCNN(width=width)
+    x = jax.random.uniform(jax.random.PRNGKey(x_seed), shape)
+    v = m.init(jax.random.PRNGKey(init_seed), x)
+    return (lambda z: m.apply(v, z)), x
+
+
 def random_mlp(key, in_shape, num_classes=10):
     """A fixed random two-layer tanh network: a smooth test model for attacks."""
     d = int(np.prod(in_shape))

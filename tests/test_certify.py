@@ -13,10 +13,9 @@ from robustjax.attacks import first_order as attacks
 from robustjax.evaluation import bracket
 from robustjax.certify import verifier as certify
 from robustjax.models import layers
-from robustjax.models import paper as models
 from robustjax import training as train
 
-from conftest import mnist_available
+from conftest import mnist_available, random_mnist_cnn
 
 RTOL = 1e-5
 METHODS = certify.METHODS
@@ -180,10 +179,7 @@ def test_bad_settings_give_clear_errors():
 
 @pytest.mark.slow
 def test_the_papers_cnn_bounds_are_sound():
-    m = models.MnistCNN(width=1)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
-    v = m.init(jax.random.PRNGKey(0), x)
-    f = lambda z: m.apply(v, z)  # noqa: E731
+    f, x = random_mnist_cnn((3, 28, 28, 1), x_seed=1, init_seed=0)
     lo, hi = certify.bounds(f, x, eps=0.02, method="crown", batch_size=3)
     for i in range(6):
         d = jax.random.uniform(jax.random.PRNGKey(i), x.shape, minval=-0.02, maxval=0.02)

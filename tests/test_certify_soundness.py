@@ -16,6 +16,8 @@ from robustjax.certify import verifier as certify
 from robustjax.models import paper as models
 from robustjax.certify.crown import batch_axis_ok
 
+from conftest import random_mnist_cnn
+
 RTOL = 1e-5
 Refused = certify.UnsupportedPrimitiveError
 
@@ -283,10 +285,7 @@ def test_batch_axis_crown_ibp_equals_the_vmapped_one():
 def test_batch_axis_crown_on_an_im2col_network_equals_the_vmapped_one():
     # The paper's CNN folds pixels into axis 0 for its im2col convolutions: examples stay
     # contiguous blocks of rows, which the batch-axis check accepts.
-    m = models.MnistCNN(width=1)
-    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 12, 12, 1))
-    v = m.init(jax.random.PRNGKey(1), x)
-    f = lambda z: m.apply(v, z)  # noqa: E731
+    f, x = random_mnist_cnn((3, 12, 12, 1), x_seed=0, init_seed=1)
     assert batch_axis_ok(bound_graph.trace(f, jax.ShapeDtypeStruct(x.shape, jnp.float32)))
     spec = certify.margin_spec(jnp.arange(3), 10)
     a = certify.make_bound_fn(f, method="crown", per_example=False)(x, 0.02, spec)
