@@ -278,8 +278,8 @@ def test_cifar10_entry_points(cifar_dir, tmp_path):
              "--eval_examples=30", "--eval_batch_size=30", "--eval_attack_steps=1")
     assert p.returncode == 0, p.stderr[-3000:]
     res = _check_results(os.path.join(wd, "results.json"), 4)
-    assert res["model"]["arch"] == "CifarResNet" and res["training"]["optimizer"] == "momentum"
-    assert res["training"]["lr_boundaries"] == [40000, 60000]
+    assert res["model"]["arch"] == "CifarResNet" and res["training"]["optim"]["optimizer"] == "momentum"
+    assert res["training"]["optim"]["lr_boundaries"] == [40000, 60000]
     assert abs(res["rows"][1]["eps"] - 8 / 255) < 1e-9
     out = str(tmp_path / "table")
     p = _run("experiments.cifar10_table", f"--workdir={wd}", f"--source_a_nat={wd}",
@@ -318,7 +318,7 @@ def test_compare_training_entry_point(idx_dir, tmp_path):
     for png in ("validation.png", "clean_vs_autoattack.png"):
         assert os.path.getsize(os.path.join(root, png)) > 5000
     cfg = json.load(open(os.path.join(root, "fast_at", "config.json")))
-    assert cfg["train_attack"] == "fgsm_rs" and cfg["ema_decay"] == 0.5
+    assert cfg["threat"]["train_attack"] == "fgsm_rs" and cfg["optim"]["ema_decay"] == 0.5
     p = in_process(*args)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "step 2/4" not in p.stdout + p.stderr  # nothing retrained

@@ -12,7 +12,7 @@ from scipy import optimize
 from robustjax.attacks import apgd
 from robustjax.attacks import apgd_l1
 from robustjax.attacks import first_order as attacks
-from robustjax.evaluation import autoattack
+from robustjax.evaluation import autoattack, ensemble
 from robustjax.evaluation import accuracy as evaluate
 from robustjax.attacks import fab
 from robustjax.attacks import l1
@@ -248,9 +248,9 @@ def test_l1_ensemble_and_the_l1_check(batch):
     assert res.robust_accuracy <= res.accuracy_after["apgd-ce"] < res.clean_accuracy
     assert_valid_adversarial(jnp.asarray(res.x_adv), x, eps=1.0, norm="l1")
     # APGD-T runs the official code's 5 target classes for L1.
-    _, ranks = autoattack._stage_attack("apgd-t", eps=1.0, norm="l1", version="standard",
-                                        num_steps=10, num_queries=5, bounds=(0, 1),
-                                        eot_samples=1)
+    _, ranks = ensemble.stage_attack("apgd-t", eps=1.0, norm="l1", version="standard",
+                                     num_steps=10, num_queries=5, bounds=(0, 1),
+                                     eot_samples=1)
     assert ranks == [2, 3, 4, 5, 6]
     # A point just outside the L1 ball (inside the L-inf ball of the same eps) is refused.
     bump = jnp.zeros_like(x).at[:, 0, :4, 0].set(0.26)

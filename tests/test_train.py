@@ -72,7 +72,7 @@ def test_progress_files_and_results(idx_dir, tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0
     acc = [r["accuracy"] for r in on_disk["rows"]]
     assert acc[-1] <= min(acc[:-1])
-    assert json.load(open(os.path.join(wd, "config.json")))["width"] == 1
+    assert json.load(open(os.path.join(wd, "config.json")))["model"]["width"] == 1
 
 
 @pytest.mark.slow

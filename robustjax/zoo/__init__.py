@@ -9,6 +9,8 @@ float32 logits, eval mode) that composes with every attack, ``run_suite``,
 architecture, its options and input normalisation, dataset, threat model, ε and the
 accuracies RobustBench reports). Nothing is downloaded: point ``checkpoint=`` at the
 file (docs/published_models.md says where each comes from).
+
+Imports: nothing of robustjax outside the zoo.
 """
 
 from __future__ import annotations
