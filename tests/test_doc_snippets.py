@@ -17,7 +17,7 @@ EXAMPLES, SQUARE_QUERIES = 200, 1000
 
 
 @pytest.mark.slow
-def test_readme_snippet(idx_dir):
+def test_library_snippets(idx_dir):
     """Run on the real digits when present, else on the generated stand-in IDX files."""
     text = "".join((REPO / "docs" / page).read_text() for page in ("library.md", "autoattack.md"))
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)

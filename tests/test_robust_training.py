@@ -57,7 +57,7 @@ def test_trades_loss_matches_numpy():
 @pytest.mark.slow
 def test_trades_with_beta_zero_is_natural_training(idx_dir):
     """With beta = 0 the TRADES step's parameter update equals natural training's."""
-    images, labels = data.load(_tiny(idx_dir).dataset, "train", _tiny(idx_dir).data_dir)
+    images, labels = data.load(_tiny(idx_dir).data.dataset, "train", _tiny(idx_dir).data.data_dir)
     images, labels = jnp.asarray(images[:200]), jnp.asarray(labels[:200])
     out = {}
     for name, kw in (("trades", dict(objective="trades", trades_beta=0.0, train_attack="pgd")),
