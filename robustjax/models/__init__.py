@@ -1,7 +1,7 @@
 """Models: the paper's networks, the fast layers, and the fast-gradient rewrite of any model.
 
 * :mod:`~robustjax.models.paper`: the MNIST CNN family (Madry et al., ICLR 2018,
-  Section 4 and the capacity study of Section 4, Figure 4), the CIFAR-10 wide ResNet,
+  Section 4; its capacity family, Figure 4), the CIFAR-10 wide ResNet,
   and Gowal et al.'s (2018) verifiable-training CNNs, in Flax Linen.
 * :mod:`~robustjax.models.layers`: convolution and pooling whose input gradients are
   fast inside ``lax.fori_loop``.
