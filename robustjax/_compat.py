@@ -49,6 +49,9 @@ def _warn(old: str) -> None:
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds ``robustjax.<old>`` and hands back the module at its new place."""
 
+    def __init__(self):
+        self._specs = {}
+
     def find_spec(self, fullname, path=None, target=None):
         package, _, old = fullname.partition(".")
         if package != "robustjax" or old not in MOVED:
@@ -58,10 +61,13 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         old = spec.name.partition(".")[2]
         _warn(old)
-        return importlib.import_module(MOVED[old])
+        module = importlib.import_module(MOVED[old])
+        self._specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass
+        # The import system stamps the alias's spec on the module: give it its own back.
+        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
 
 
 class _Package(types.ModuleType):

@@ -122,3 +122,33 @@ def test_modules_and_functions_stay_small(module):
             first = body[1].lineno if doc and len(body) > 1 else body[0].lineno
             assert node.end_lineno - first + 1 <= MAX_FUNCTION_LINES, (
                 f"{module}.{node.name}: {node.end_lineno - first + 1} lines of code")
+
+
+def test_old_module_paths_import_with_one_warning(monkeypatch):
+    """robustjax 0.1's flat paths still import: the module at its new place, one
+    DeprecationWarning per path, its own spec kept, and no top-level function replaced."""
+    import importlib
+    import sys
+    import warnings
+
+    import robustjax
+    from robustjax import _compat
+
+    monkeypatch.setattr(_compat, "_warned", set())
+    for old in ("suite", "apgd", "train"):
+        monkeypatch.delitem(sys.modules, f"robustjax.{old}", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        suite = importlib.import_module("robustjax.suite")
+        from robustjax.suite import run_suite  # noqa: F401  (the second use: no warning)
+        apgd_module = importlib.import_module("robustjax.apgd")
+        train = robustjax.train
+    assert suite is importlib.import_module("robustjax.evaluation.suite")
+    assert suite.__spec__.name == "robustjax.evaluation.suite"
+    assert apgd_module is importlib.import_module("robustjax.attacks.apgd")
+    assert callable(robustjax.apgd) and robustjax.apgd is apgd_module.apgd
+    assert train is importlib.import_module("robustjax.training")
+    messages = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert sorted(m.split()[0] for m in messages) == [
+        "robustjax.apgd", "robustjax.suite", "robustjax.train"], messages
+    assert set(_compat.MOVED.values()) <= set(MODULES)
