@@ -6,16 +6,17 @@ every value that depends on the input is enclosed in a box ``[lo, hi]``, and
 each primitive maps boxes to a box that contains all of its outputs.
 
 :func:`trace` turns any ``logits_fn`` into a :class:`Graph` by tracing its
-jaxpr and inlining every call (``jit``, ``custom_jvp_call``,
-``custom_vjp_call`` by its primal, ``closed_call``, ``remat``), so the models of
+jaxpr and inlining every call the shared walker names
+(:data:`robustjax.runtime.jaxprs.CALLS`: ``jit``, ``closed_call``, ``remat``,
+``custom_jvp_call`` / ``custom_vjp_call`` by their primal), so the models of
 :mod:`robustjax.models.paper` (with their custom-VJP convolutions and pooling) and
 any Flax model in inference mode are read as plain primitives. Calls of the
 activations in :data:`NAMED_CALLS` (``jax.nn.leaky_relu``, ``silu``...) stay
 single nodes, so that their exact interval rule (and, in CROWN, their linear
 relaxation) applies instead of the looser rules of their parts.
 
-:func:`robustjax.certify.interval.ibp_node` is the interval rule of one node
-(re-exported here). The rules:
+:func:`robustjax.certify.interval.ibp_node` is the interval rule of one node. The
+rules:
 
 * monotone primitives (sums, structural ops, max/min and max-pooling in both
   its ``reduce_window`` and reshape-and-max forms, exp, tanh, logistic, the
