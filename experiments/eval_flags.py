@@ -63,6 +63,14 @@ def no_arguments(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
 
+def print_warnings(warnings) -> None:
+    """The evaluation's warnings (the official checks' and the inspection's), in one block."""
+    if warnings:
+        print(f"warnings ({len(warnings)}):")
+        for w in warnings:
+            print(f"  - {w}")
+
+
 def run_autoattack(logits_fn, x, y, *, eps: float, norm: str, out: str):
     """AutoAttack with the budget flags (``--version``, ``--seed``, ``--batch_size``,
     ``--num_steps``, ``--num_queries``), resumable under ``out/stages``.
@@ -84,6 +92,7 @@ def run_autoattack(logits_fn, x, y, *, eps: float, norm: str, out: str):
                      num_steps=FLAGS.num_steps, num_queries=FLAGS.num_queries,
                      resume_dir=os.path.join(out, "stages"))
     seconds = time.time() - t0
+    print_warnings(res.warnings)
     spec = suite.AttackSpec("AutoAttack", attack="autoattack", norm=norm, eps=eps,
                             version=FLAGS.version)
     rows = [suite.AttackSpec("Natural", attack="natural", eps=eps).row(res.clean_accuracy),

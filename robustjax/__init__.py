@@ -7,9 +7,11 @@ Subpackages, by concern (each imports only those above it in this list):
   data        -- datasets from their official files or TFDS; on-device augmentation.
   models      -- the paper's networks, the fast layers, any model's fast-gradient rewrite.
   zoo         -- published robust models in Flax, checkpoint converters, the registry.
-  attacks     -- the inner maximisation (Eq. 2.1): FGSM, PGD, APGD, FAB, Square.
+  attacks     -- the inner maximisation (Eq. 2.1): FGSM, PGD, APGD, FAB, Square; BPDA
+                 and EOT wrappers for adaptive attacks.
   certify     -- sound bounds (IBP, CROWN, CROWN-IBP, alpha-CROWN) of any logits_fn.
-  evaluation  -- robust accuracy, AutoAttack, the paper's tables as suites, sweeps,
+  evaluation  -- robust accuracy, AutoAttack, the inspection of a model's gradients,
+                 adaptive evaluation, the paper's tables as suites, sweeps,
                  the loss landscape, the certified/attacked bracket.
   training    -- the outer minimisation: config, state, the Danskin step, the loop, the
                  run directory, validation.
@@ -28,12 +30,14 @@ _xla_defaults.apply()
 
 from robustjax import (attacks, certify, data, evaluation, models, runtime,  # noqa: E402
                        training, zoo)
+from robustjax.attacks.adaptive import bpda, eot  # noqa: E402
 from robustjax.attacks.apgd import apgd, apgd_t  # noqa: E402
 from robustjax.attacks.fab import fab  # noqa: E402
 from robustjax.attacks.first_order import fgsm, fgsm_rs, pgd  # noqa: E402
 from robustjax.attacks.square import square  # noqa: E402
 from robustjax.evaluation.accuracy import RobustAccuracy, robust_accuracy  # noqa: E402
 from robustjax.evaluation.autoattack import autoattack  # noqa: E402
+from robustjax.evaluation.inspection import inspect  # noqa: E402
 from robustjax.evaluation.suite import AttackSpec, run_suite  # noqa: E402
 from robustjax.models.paper import CifarResNet, MnistCNN  # noqa: E402
 from robustjax.training.config import TrainConfig  # noqa: E402
@@ -45,6 +49,7 @@ _compat.install(__name__)
 
 __all__ = ["runtime", "data", "models", "zoo", "attacks", "certify", "evaluation", "training",
            "fgsm", "fgsm_rs", "pgd", "apgd", "apgd_t", "fab", "square", "autoattack",
+           "inspect", "bpda", "eot",
            "robust_accuracy", "RobustAccuracy", "run_suite", "AttackSpec", "MnistCNN",
            "CifarResNet", "TrainConfig", "train_and_evaluate", "load_model", "load_run"]
 __version__ = "0.2.0"

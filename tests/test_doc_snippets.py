@@ -1,5 +1,5 @@
-"""The documentation's library snippets (docs/library.md, then docs/autoattack.md) run and
-print what the pages say they print."""
+"""The documentation's library snippets (docs/library.md, then docs/autoattack.md; and
+docs/adaptive.md) run and print what the pages say they print."""
 
 import contextlib
 import io
@@ -45,3 +45,22 @@ def test_library_snippets(idx_dir):
     assert float(m.group(1)) == pytest.approx(acc[0], abs=0.1)
     assert float(m.group(2)) <= acc[2] + 1.0
     assert "'apgd-ce'" in out.getvalue() and "'square'" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_adaptive_snippet(tiny_runs, idx_dir):
+    """docs/adaptive.md's snippet on a tiny trained workdir: it runs and prints its lines."""
+    text = (REPO / "docs" / "adaptive.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace("../shared/data/mnist-10k", os.fspath(idx_dir)).replace(
+        '"workdirs/mnist"', repr(tiny_runs.pgd)).replace("[:200]", "[:40]")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/adaptive.md", "exec"), {})
+    text = out.getvalue()
+    assert "| warning | zero-gradient | `round` |" in text, text
+    given = float(re.search(r"PGD-40 as given: ([\d.]+)%", text).group(1))
+    through = float(re.search(r"PGD-40 through BPDA: ([\d.]+)%", text).group(1))
+    assert through <= given, text
+    assert re.search(r"noise defence under EOT APGD-CE: [\d.]+%", text), text

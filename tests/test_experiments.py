@@ -335,3 +335,25 @@ def test_compare_training_errors(tmp_path):
     assert p.returncode == 1 and "trades:BETA" in p.stderr
     p = in_process("experiments.compare_training", f"--root={tmp_path}", "--dataset=cifar10")
     assert p.returncode != 0 and "--dataset" in p.stderr
+
+
+@pytest.mark.slow
+def test_adaptive_entry_point(tiny_runs, idx_dir, tmp_path):
+    """experiments.adaptive: the report, both AutoAttack runs, the side-by-side table."""
+    args = (f"--workdir={tiny_runs.pgd}", f"--data_dir={idx_dir}", "--examples=12",
+            "--version=custom", "--attacks=apgd-ce", "--num_steps=3", "--batch_size=12",
+            "--eot_samples=2")
+    p = in_process("experiments.adaptive", *args, "--defence=quantize:3,noise:0.05",
+                   f"--output_dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.load(open(tmp_path / "adaptive.json"))
+    assert res["wrappers"] == ["bpda(quantize:3)", "eot(2)"]
+    kinds = {f["kind"] for f in res["inspection"]["findings"]}
+    assert kinds == {"zero-gradient", "random"}
+    assert [r["attack"] for r in res["rows"]] == ["clean", "after apgd-ce", "AutoAttack"]
+    assert res["given"]["clean_acc"] == res["adaptive"]["clean_acc"]
+    assert "| | as given | adaptive | gap |" in open(tmp_path / "adaptive.md").read()
+    assert "warnings (" in p.stdout and "| warning | zero-gradient | `round` |" in p.stdout
+    for bad, what in (("--defence=blur:3", "--defence"), ("--eot_samples=0", "--eot_samples"),
+                      ("--attacks=square", "--attacks goes with")):
+        _usage_error(in_process("experiments.adaptive", f"--workdir={tiny_runs.pgd}", bad), what)

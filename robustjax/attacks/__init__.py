@@ -15,6 +15,8 @@ explicit keyword settings, built on ``lax.fori_loop``, that returns arrays.
   attack (Croce & Hein, ICML 2020).
 * :mod:`~robustjax.attacks.square`: the gradient-free Square attack (Andriushchenko
   et al., ECCV 2020).
+* :mod:`~robustjax.attacks.adaptive`: BPDA, straight-through over a model's program, and
+  EOT (Athalye, Carlini & Wagner, ICML 2018): wrappers that compose with every attack.
 
 The AutoAttack ensemble, which runs these under validation, sharding and resume, is
 :func:`robustjax.evaluation.autoattack`.
@@ -23,14 +25,16 @@ Imports: :mod:`robustjax.models` (the fast-gradient rewrite) and
 :mod:`robustjax.runtime`.
 """
 
-from robustjax.attacks import apgd, apgd_l1, fab, first_order, geometry, l1, square
+from robustjax.attacks import adaptive, apgd, apgd_l1, fab, first_order, geometry, l1, square
+from robustjax.attacks.adaptive import bpda, eot, straight_through
 from robustjax.attacks.first_order import (L1, L2, LINF, NORMS, LogitsFn, Norm, attack_objective,
                                            cw_loss, fgsm, fgsm_rs, is_fooled, margin, pgd,
                                            pgd_step, select_best_restart, xent_loss)
 
 # The modules apgd, fab and square keep their names here (robustjax.attacks.apgd.apgd);
 # the functions are robustjax.apgd, robustjax.fab and robustjax.square at the top.
-__all__ = ["first_order", "geometry", "l1", "apgd", "apgd_l1", "fab", "square",
+__all__ = ["first_order", "geometry", "l1", "apgd", "apgd_l1", "fab", "square", "adaptive",
+           "bpda", "eot", "straight_through",
            "fgsm", "fgsm_rs", "pgd", "pgd_step", "select_best_restart", "xent_loss", "cw_loss",
            "margin", "attack_objective", "is_fooled", "LogitsFn", "Norm", "LINF", "L2", "L1",
            "NORMS"]

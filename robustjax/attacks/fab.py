@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from robustjax import _checks
+from robustjax.attacks import adaptive as _adaptive
 from robustjax.attacks import first_order as _a
 from robustjax.attacks.fab_projection import project_onto_hyperplane
 from robustjax.models import fastpath
@@ -208,7 +209,8 @@ def fab_min_norm(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], 
                  num_targets: int = 9, target_ranks=None, restarts: int = 1,
                  eps: Optional[float] = None, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, final_search_steps: int = 3,
-                 bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[Array, Array]:
+                 bounds: tuple[float, float] = (0.0, 1.0),
+                 eot_samples: int = 1) -> tuple[Array, Array]:
     """FAB as a minimum-norm attack: ``(x_adv, norm)`` with the smallest adversarial perturbation found.
 
     Per example, over every target (FAB-T: the classes ranked 2 ...
@@ -216,10 +218,17 @@ def fab_min_norm(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], 
     adversarial point of smallest ``norm``-distance and that distance; where
     none was found, ``x`` itself and ``inf``. Restart 0 starts at ``x``; later
     restarts start at a random point at distance ``eps / 2`` (``eps`` is
-    then required). Clean misclassifications are returned as ``x`` with norm 0.
+    then required). Clean misclassifications are returned as ``x`` with norm 0. With
+    ``eot_samples > 1``, ``logits_fn`` is a randomised model ``(x, key) -> logits`` and FAB
+    runs on the mean of its logits over that many draws (:func:`robustjax.attacks.adaptive.eot`).
     """
     lo, hi = _check_fab(x, y, eps, norm, num_steps, restarts, alpha_max, eta, beta,
                         final_search_steps, bounds)
+    _checks.check_int("eot_samples", eot_samples, 1)
+    if eot_samples > 1:
+        key = jax.random.PRNGKey(0) if key is None else key
+        key, keot = jax.random.split(key)
+        logits_fn = _adaptive.eot(logits_fn, eot_samples, key=keot)
     if restarts > 1 and eps is None:
         raise ValueError("eps must be given for restarts > 1 (it sets the random starts)")
     if key is None and restarts > 1:
@@ -268,7 +277,7 @@ def fab(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], *, eps,
         norm: str = "linf", num_steps: int = 100, targeted: bool = True,
         num_targets: int = 9, target_rank=None, restarts: int = 1, alpha_max: float = 0.1,
         eta: float = 1.05, beta: float = 0.9, final_search_steps: int = 3,
-        bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
+        bounds: tuple[float, float] = (0.0, 1.0), eot_samples: int = 1) -> Array:
     """FAB within an eps-ball (Croce & Hein, ICML 2020, Algorithm 1): AutoAttack's FAB-T with
     the defaults (9 targets, 100 steps).
 
@@ -294,6 +303,8 @@ def fab(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], *, eps,
         backward step of the FAB paper (0.1, 1.05, 0.9).
       final_search_steps: steps of the final search (the FAB paper: 3; 0: off).
       bounds: valid input range (the box of the projections).
+      eot_samples: with more than 1, a randomised ``logits_fn(x, key)`` attacked through
+        the mean of its logits over this many draws (as APGD's ``eot_samples``).
     """
     _checks.check_scalar("eps", eps)
     if target_rank is not None and _checks.is_concrete(target_rank):
@@ -302,6 +313,7 @@ def fab(logits_fn: Callable, x: Array, y: Array, key: Optional[Array], *, eps,
                              targeted=targeted, num_targets=num_targets, restarts=restarts,
                              target_ranks=None if target_rank is None else [target_rank],
                              eps=eps, alpha_max=alpha_max, eta=eta, beta=beta,
-                             final_search_steps=final_search_steps, bounds=bounds)
+                             final_search_steps=final_search_steps, bounds=bounds,
+                             eot_samples=eot_samples)
     ok = dist <= eps
     return jnp.where(ok.reshape((x.shape[0],) + (1,) * (x.ndim - 1)), adv, x)

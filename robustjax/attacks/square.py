@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import _checks
+from robustjax.attacks import adaptive as _adaptive
 from robustjax.attacks import first_order as _a
 from robustjax.attacks import l1 as _l1
 
@@ -129,7 +130,8 @@ def _l1n(v):
 
 def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: str = "linf",
            num_queries: int = 5000, p_init: float = 0.8, loss: str = "margin",
-           rescale_schedule: bool = False, bounds: tuple[float, float] = (0.0, 1.0)) -> Array:
+           rescale_schedule: bool = False, bounds: tuple[float, float] = (0.0, 1.0),
+           eot_samples: int = 1) -> Array:
     """Square attack (Andriushchenko et al. 2020), untargeted, L-inf, L2 or L1.
 
     AutoAttack's with the defaults.
@@ -149,12 +151,17 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
       rescale_schedule: stretch the p schedule (written for 10000 queries) to
         ``num_queries``; AutoAttack does not.
       bounds: valid input range.
+      eot_samples: with more than 1, ``logits_fn`` is a randomised model ``(x, key) ->
+        logits`` and every query scores the mean of the logits over this many draws
+        (Expectation over Transformation, :func:`robustjax.attacks.adaptive.eot`), as
+        APGD's ``eot_samples`` does for its gradients.
 
     Returns:
       Per example, the first misclassified point found, else the point of
       lowest loss; the shape and dtype of ``x``.
     """
     _checks.check_xy(x, y, targeted=False)
+    _checks.check_int("eot_samples", eot_samples, 1)
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images [B, H, W, C], got shape {x.shape}")
     _checks.check_scalar("eps", eps)
@@ -167,6 +174,9 @@ def square(logits_fn: Callable, x: Array, y: Array, key: Array, *, eps, norm: st
     if key is None:
         raise ValueError("key must be a jax.random key, got None")
     lo, hi = _checks.check_bounds(bounds)
+    if eot_samples > 1:
+        key, keot = jax.random.split(key)
+        logits_fn = _adaptive.eot(logits_fn, eot_samples, key=keot)
     b, h, w, c = x.shape
     rows = jnp.arange(h)[None, :, None, None]
     cols = jnp.arange(w)[None, None, :, None]

@@ -11,6 +11,11 @@
   and the gradient-masking checks.
 * :mod:`~robustjax.evaluation.landscape`: PGD from many random starts, the loss
   landscape of Section 3 (Figures 1-2).
+* :mod:`~robustjax.evaluation.inspection` (:func:`robustjax.inspect`), with
+  :mod:`~robustjax.evaluation.program` and :mod:`~robustjax.evaluation.probes`: what in a
+  model's program and gradients can hide them (Athalye et al., ICML 2018).
+* :mod:`~robustjax.evaluation.adaptive_eval`: AutoAttack on a defence as given and
+  through BPDA / EOT, side by side (Tramer et al., NeurIPS 2020).
 * :mod:`~robustjax.evaluation.bracket`: certified (lower) and attacked (upper) accuracy
   per example, and the check that no certified example is broken.
 
@@ -18,12 +23,15 @@ Imports: :mod:`robustjax.certify`, :mod:`robustjax.attacks`, :mod:`robustjax.mod
 :mod:`robustjax.runtime`.
 """
 
-from robustjax.evaluation import accuracy, autoattack, bracket, landscape, suite, sweeps
+from robustjax.evaluation import (accuracy, adaptive_eval, autoattack, bracket, inspection,
+                                  landscape, probes, program, suite, sweeps)
 from robustjax.evaluation.accuracy import InvalidAdversarialError, RobustAccuracy, robust_accuracy
 from robustjax.evaluation.autoattack import AutoAttackResult
+from robustjax.evaluation.inspection import Inspection, inspect
 from robustjax.evaluation.suite import AttackSpec, SuiteResult, markdown_table, run_suite
 
 # The module autoattack keeps its name here; the function is robustjax.autoattack.
-__all__ = ["accuracy", "autoattack", "suite", "sweeps", "landscape", "bracket",
+__all__ = ["accuracy", "autoattack", "suite", "sweeps", "landscape", "bracket", "inspection",
+           "program", "probes", "adaptive_eval", "inspect", "Inspection",
            "robust_accuracy", "RobustAccuracy", "InvalidAdversarialError", "AutoAttackResult",
            "AttackSpec", "SuiteResult", "run_suite", "markdown_table"]

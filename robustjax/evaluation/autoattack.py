@@ -50,8 +50,10 @@ from robustjax.attacks import apgd_l1 as _apgd_l1
 from robustjax.attacks import first_order as _a
 from robustjax.evaluation import accuracy as evaluate
 from robustjax.evaluation import ensemble
+from robustjax.evaluation import inspection as _inspection
 from robustjax.evaluation.ensemble import ATTACKS, VERSIONS, version_attacks  # noqa: F401
 from robustjax.runtime import mesh as _mesh
+from robustjax.runtime import rowstore
 
 __all__ = ["ATTACKS", "VERSIONS", "version_attacks", "AutoAttackResult", "autoattack"]
 
@@ -70,7 +72,10 @@ class AutoAttackResult(NamedTuple):
     x_adv: ``[N, ...]``: the validated adversarial example where one was
       found, the clean input elsewhere.
     warnings: what the official code's sanity checks would flag (probability
-      outputs, a randomised model, Square beating the gradient attacks).
+      outputs, a randomised model, zero gradients, a dynamic defence, Square beating
+      the gradient attacks) and what :func:`robustjax.inspect` found.
+    inspection: :meth:`robustjax.evaluation.inspection.Inspection.to_json` of the
+      evaluated model (None with ``inspect=False``).
     """
 
     clean_accuracy: float
@@ -82,6 +87,7 @@ class AutoAttackResult(NamedTuple):
     broken_by: np.ndarray
     x_adv: np.ndarray
     warnings: list
+    inspection: Optional[dict] = None
 
 
 def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, eps: float,
@@ -89,7 +95,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                attacks: Optional[Sequence[str]] = None, num_steps: int = 100,
                num_queries: int = 5000, eot_samples: int = 20, batch_size: int = 500,
                bounds=(0.0, 1.0), atol: float = 1e-5,
-               resume_dir: Optional[str] = None, mesh=None) -> AutoAttackResult:
+               resume_dir: Optional[str] = None, mesh=None,
+               attack_fn: Optional[Callable] = None, inspect: bool = True) -> AutoAttackResult:
     """Robust accuracy under AutoAttack (Croce & Hein 2020, Section 5).
 
     Args:
@@ -117,6 +124,15 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         an uninterrupted one (each attack has its own key).
       mesh: the devices (:func:`robustjax.runtime.mesh.make_mesh`); every batch is split
         along its ``"data"`` axis. Default: every device of every process.
+      attack_fn: the model the attacks run on, when it is not ``logits_fn``: an adaptive
+        stand-in with the same signature, such as ``robustjax.bpda(...)`` over a
+        non-differentiable defence or ``robustjax.eot(...)`` of a randomised one
+        (Athalye et al. 2018). Every adversarial example is still validated and counted
+        on ``logits_fn``.
+      inspect: first run :func:`robustjax.inspect` on ``logits_fn`` (the static scan of its
+        program, the gradient probes on up to 32 examples, the custom-rule checks) and
+        add its warnings, among them the official code's zero-gradient and dynamic
+        checks, to the result's.
 
     Raises:
       ValueError: bad settings or data, naming the argument.
@@ -131,6 +147,11 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
     n = x.shape[0]
     clean_correct, warnings = _clean_pass(logits_fn, x, y, key, version=version,
                                           batch_size=batch_size, mesh=mesh)
+    report = None
+    if inspect:
+        report = _inspection.inspect(logits_fn, x, y, key=jax.random.fold_in(key, 20_000),
+                                     randomized=randomized, bounds=(lo, hi))
+        warnings += [w for w in report.warnings() if w not in warnings]
     state = _State(robust=clean_correct.copy(), x_adv=x.copy(),
                    broken_by=np.where(clean_correct, "", "clean").astype(object))
     log.info("AutoAttack %s (%s, eps %g) on %d examples: clean accuracy %.2f%%", version, norm,
@@ -141,14 +162,16 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
         fp = ensemble.rowstore_fingerprint(
             logits_fn, x, y, key, names=names, eps=float(eps), norm=norm, version=version,
             num_steps=num_steps, num_queries=num_queries, eot_samples=eot_samples,
-            batch_size=batch_size, bounds=[lo, hi], atol=atol, randomized=randomized)
+            batch_size=batch_size, bounds=[lo, hi], atol=atol, randomized=randomized,
+            **_attack_fingerprint(attack_fn, x, randomized))
         first = _resume(state, resume_dir, names, fp)
     settings = dict(eps=eps, norm=norm, version=version, num_steps=num_steps,
                     num_queries=num_queries, bounds=(lo, hi), eot_samples=eot_samples)
     for i, name in enumerate(names[first:], start=first):
         t0 = time.time()
         _run_attack(logits_fn, x, y, jax.random.fold_in(key, i), name, state, settings,
-                    atol=atol, batch_size=batch_size, mesh=mesh, randomized=randomized)
+                    atol=atol, batch_size=batch_size, mesh=mesh, randomized=randomized,
+                    attack_fn=attack_fn)
         state.accuracy_after[name] = float(state.robust.mean())
         state.seconds[name] = time.time() - t0
         log.info("after %s: robust accuracy %.2f%% (%.1fs)", name, 100 * state.robust.mean(),
@@ -168,7 +191,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
                             accuracy_after=state.accuracy_after, seconds=state.seconds,
                             clean_correct=clean_correct, correct=state.robust,
                             broken_by=state.broken_by.astype(str), x_adv=state.x_adv,
-                            warnings=warnings)
+                            warnings=warnings,
+                            inspection=None if report is None else report.to_json())
 
 
 @dataclasses.dataclass
@@ -255,17 +279,27 @@ def _resume(state: _State, resume_dir: str, names, fp: str) -> int:
     return first
 
 
+def _attack_fingerprint(attack_fn, x, randomized):
+    """What a stored stage's fingerprint adds for ``attack_fn`` (nothing without one, so
+    that stages stored before it existed still resume): its outputs, when deterministic."""
+    if attack_fn is None:
+        return {}
+    return dict(attack_model="randomised" if randomized else rowstore.model_fingerprint(
+        attack_fn, x))
+
+
 def _run_attack(logits_fn, x, y, key, name, state: _State, settings: dict, *, atol,
-                batch_size, mesh, randomized):
+                batch_size, mesh, randomized, attack_fn=None):
     """Step 4: one attack of the ensemble, stage by stage (restart or target rank), each on
     the examples still robust, in equal padded batches; every result validated."""
     attack, stage_args = ensemble.stage_attack(name, **settings)
     norm, (lo, hi) = settings["norm"], settings["bounds"]
+    attacked = logits_fn if attack_fn is None else attack_fn
 
     def run_local(xb, yb, ib, key, arg):
         def one(xe, ye, ke, arg):
             kattack, keval = jax.random.split(ke)
-            adv = attack(logits_fn, xe, ye, kattack, arg)
+            adv = attack(attacked, xe, ye, kattack, arg)
             model = (lambda z: logits_fn(z, keval)) if randomized else logits_fn
             return adv, evaluate.adversarial_checks(model, xe, ye, adv, norm=norm)
         return _mesh.per_example(one)(xb, yb, _mesh.example_keys(key, ib), arg)

@@ -31,15 +31,19 @@ _ORDER = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
 
 
 def version_attacks(version: str, attacks: Optional[Sequence[str]] = None) -> tuple[str, ...]:
-    """The attacks a version runs, in order (``custom``: ``attacks``, validated)."""
+    """The attacks a version runs, in order (``custom``: ``attacks``, validated; ``rand``:
+    ``attacks`` if given, each with EOT, else the official APGD-CE and APGD-DLR)."""
     _checks.check_choice("version", version, VERSIONS)
-    if version != "custom":
+    if version == "rand" and attacks is None:
+        return _ORDER[version]
+    if version not in ("custom", "rand"):
         if attacks is not None:
-            raise ValueError(f"attacks is only for version='custom'; version={version!r} "
-                             f"runs {list(_ORDER[version])}")
+            raise ValueError(f"attacks is only for version='custom' or 'rand'; "
+                             f"version={version!r} runs {list(_ORDER[version])}")
         return _ORDER[version]
     if not attacks:
-        raise ValueError(f"attacks must name at least one of {ATTACKS} for version='custom'")
+        raise ValueError(f"attacks must name at least one of {ATTACKS} for "
+                         f"version={version!r}")
     for name in attacks:
         _checks.check_choice("attacks", name, ATTACKS)
     if len(set(attacks)) != len(attacks):
@@ -133,17 +137,20 @@ def stage_attack(name: str, *, eps, norm, version, num_steps, num_queries, bound
     if name == "apgd-t":
         return (lambda f, x, y, k, r: _apgd.apgd(f, x, y, k, loss="dlr", targeted=True,
                                                  target_rank=r, num_steps=num_steps,
-                                                 use_largereps=l1_standard, **common),
+                                                 use_largereps=l1_standard,
+                                                 eot_samples=eot, **common),
                 list(range(2, 7 if l1_standard else 11)))
     if name == "fab":
         return (lambda f, x, y, k, _: _fab.fab(f, x, y, k, targeted=False, restarts=restarts,
-                                               num_steps=num_steps, **common), [0])
+                                               num_steps=num_steps, eot_samples=eot,
+                                               **common), [0])
     if name == "fab-t":
         return (lambda f, x, y, k, r: _fab.fab(f, x, y, k, targeted=True, target_rank=r,
-                                               num_steps=num_steps, **common),
+                                               num_steps=num_steps, eot_samples=eot,
+                                               **common),
                 list(range(2, 11)))
     return (lambda f, x, y, k, _: _square.square(f, x, y, k, num_queries=num_queries,
-                                                 **common), [0])
+                                                 eot_samples=eot, **common), [0])
 
 
 def rowstore_fingerprint(logits_fn, x, y, key, *, randomized: bool, **settings) -> str:

@@ -7,14 +7,16 @@
   fast inside ``lax.fori_loop``.
 * :mod:`~robustjax.models.fastpath`: any model's convolutions and max-pools rewritten
   onto those layers (applied by the attacks on the CPU).
+* :mod:`~robustjax.models.defences`: classic input-transformation defences (quantisation,
+  JPEG, noise, random resize, test-time purification) as composable transforms.
 
 Published models (RobustBench's and DeepMind's) are in :mod:`robustjax.zoo`.
 
 Imports: :mod:`robustjax.runtime` only.
 """
 
-from robustjax.models import fastpath, layers, paper
+from robustjax.models import defences, fastpath, layers, paper
 from robustjax.models.paper import DM_ARCHS, DMCNN, CifarResNet, MnistCNN, param_count
 
-__all__ = ["paper", "layers", "fastpath", "MnistCNN", "CifarResNet", "DMCNN", "DM_ARCHS",
-           "param_count"]
+__all__ = ["paper", "layers", "fastpath", "defences", "MnistCNN", "CifarResNet", "DMCNN",
+           "DM_ARCHS", "param_count"]

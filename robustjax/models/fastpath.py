@@ -46,7 +46,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex
 
 from robustjax.models import layers
 from robustjax.runtime import jaxprs
@@ -126,36 +125,12 @@ def rewrite(fn: Callable) -> Callable:
 # ----------------------------------------------------------------------------
 
 def _eval(jaxpr, consts, args) -> list:
-    env = {}
-
-    def read(v):
-        return v.val if isinstance(v, jex.Literal) else env[v]
-
-    for v, val in zip(jaxpr.constvars, consts):
-        env[v] = val
-    for v, val in zip(jaxpr.invars, args):
-        env[v] = val
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        rule = _RULES.get(eqn.primitive.name) or _BY_KIND.get(jaxprs.kind(eqn))
-        out = rule(eqn, invals) if rule is not None else None
-        if out is None:
-            out = _bind(eqn, invals)
-        if eqn.primitive.multiple_results:
-            for v, val in zip(eqn.outvars, out):
-                env[v] = val
-        else:
-            env[eqn.outvars[0]] = out
-    return [read(v) for v in jaxpr.outvars]
+    return jaxprs.evaluate(jaxpr, consts, args, _rule)
 
 
-def _bind(eqn, invals):
-    """The equation as it was (what ``jax.core.eval_jaxpr`` does)."""
-    params = eqn.primitive.get_bind_params(eqn.params)
-    if isinstance(params, tuple):  # older JAX: (subfuns, params)
-        subfuns, params = params
-        return eqn.primitive.bind(*subfuns, *invals, **params)
-    return eqn.primitive.bind(*invals, **params)
+def _rule(eqn, invals):
+    rule = _RULES.get(eqn.primitive.name) or _BY_KIND.get(jaxprs.kind(eqn))
+    return rule(eqn, invals) if rule is not None else None
 
 
 def _call(eqn, invals):
