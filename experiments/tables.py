@@ -138,6 +138,7 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     if not primary:
         return results
     suite.write_results(os.path.join(out, "results.json"), results)
+    eval_flags.print_warnings([w for r in rows for w in r.get("warnings", [])])
     print(suite.markdown_table(rows))
     print(f"results: {os.path.join(out, 'results.json')} and results.md")
     return results

@@ -54,6 +54,8 @@ def test_eot_is_pure_keyed_per_example_and_its_variance_falls_with_samples():
     chex.assert_trees_all_close(g(x[::-1]), g(x)[::-1])           # per example, not per row
     chex.assert_trees_all_close(jax.jit(g)(x), g(x), rtol=1e-5)
     assert not np.allclose(g(x + 1e-3), g(x), atol=1e-2)          # a new input: new draws
+    probs = jnp.exp(adaptive.eot(f, 3, average="log_probs")(x))  # the expected classifier
+    chex.assert_trees_all_close(probs.sum(-1), jnp.ones(3), atol=1e-5)
     # One sample is one draw of the model, keyed by the input.
     one = adaptive.eot(f, 1, key=jax.random.PRNGKey(1))
     keys = adaptive.input_keys(jax.random.PRNGKey(1), x)
@@ -94,6 +96,14 @@ def test_square_and_fab_take_eot_samples():
     assert_valid_adversarial(adv, x, eps=0.1, norm="linf")
     with pytest.raises(ValueError, match="eot_samples"):
         robustjax.square(f, x, y, key, eps=0.1, eot_samples=0)
+    # AutoAttack's rand version with a chosen list: every attack through EOT.
+    res = robustjax.autoattack(f, x, y, key, eps=0.1, version="rand",
+                               attacks=["apgd-ce", "fab", "square"], eot_samples=2,
+                               num_steps=3, num_queries=10, batch_size=4)
+    assert list(res.accuracy_after) == ["apgd-ce", "fab", "square"]
+    assert res.inspection["findings"][0]["kind"] == "random"
+    with pytest.raises(ValueError, match="attacks is only for version='custom' or 'rand'"):
+        robustjax.autoattack(f, x, y, key, eps=0.1, attacks=["square"])
 
 
 def test_defence_transforms_keep_shape_and_range():

@@ -75,7 +75,7 @@ class AutoAttackResult(NamedTuple):
       outputs, a randomised model, zero gradients, a dynamic defence, Square beating
       the gradient attacks) and what :func:`robustjax.inspect` found.
     inspection: :meth:`robustjax.evaluation.inspection.Inspection.to_json` of the
-      evaluated model (None with ``inspect=False``).
+      evaluated model (None with ``inspect=False``, or when the model could not be read).
     """
 
     clean_accuracy: float
@@ -138,6 +138,8 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
       ValueError: bad settings or data, naming the argument.
       InvalidAdversarialError: an attack returned a point outside the threat model.
     """
+    if attack_fn is not None and not callable(attack_fn):
+        raise TypeError(f"attack_fn must be a function or None, got {type(attack_fn).__name__}")
     names, (lo, hi), x, y, randomized = _validate(
         logits_fn, x, y, eps=eps, norm=norm, version=version, attacks=attacks,
         num_steps=num_steps, num_queries=num_queries, eot_samples=eot_samples,
@@ -147,11 +149,7 @@ def autoattack(logits_fn: Callable, x, y, key: Optional[jax.Array] = None, *, ep
     n = x.shape[0]
     clean_correct, warnings = _clean_pass(logits_fn, x, y, key, version=version,
                                           batch_size=batch_size, mesh=mesh)
-    report = None
-    if inspect:
-        report = _inspection.inspect(logits_fn, x, y, key=jax.random.fold_in(key, 20_000),
-                                     randomized=randomized, bounds=(lo, hi))
-        warnings += [w for w in report.warnings() if w not in warnings]
+    report = _inspect(logits_fn, x, y, key, randomized, (lo, hi), warnings) if inspect else None
     state = _State(robust=clean_correct.copy(), x_adv=x.copy(),
                    broken_by=np.where(clean_correct, "", "clean").astype(object))
     log.info("AutoAttack %s (%s, eps %g) on %d examples: clean accuracy %.2f%%", version, norm,
@@ -277,6 +275,19 @@ def _resume(state: _State, resume_dir: str, names, fp: str) -> int:
         state.seconds = json.loads(str(stored["seconds"]))
         log.info("resumed after %s (stored in %s)", names[first - 1], resume_dir)
     return first
+
+
+def _inspect(logits_fn, x, y, key, randomized, bounds, warnings):
+    """Step 2b: :func:`robustjax.inspect` of the evaluated model; its warnings join the
+    official checks'. A model the inspection cannot read is still evaluated (with a warning)."""
+    try:
+        report = _inspection.inspect(logits_fn, x, y, key=jax.random.fold_in(key, 20_000),
+                                     randomized=randomized, bounds=bounds)
+    except Exception as e:  # noqa: BLE001 -- the evaluation must not depend on it
+        warnings.append(f"inspection: could not inspect logits_fn ({type(e).__name__}: {e})")
+        return None
+    warnings += [w for w in report.warnings() if w not in warnings]
+    return report
 
 
 def _attack_fingerprint(attack_fn, x, randomized):

@@ -165,8 +165,8 @@ class _Walker:
             inner = jaxprs.body(eqn)
             if inner is not None:
                 return self.run(inner[0], [i[0] for i in ins], [i[1] for i in ins], where)
-        if name == "stop_gradient" and not own:
-            return [(t, o)] * n_out  # a library's own (log_softmax's shift): value-preserving
+        if name == "stop_gradient" and (not own or _library_call(eqn)):
+            return [(t, o)] * n_out  # a library's own (softmax's shift): value-preserving
         if k == "custom":
             return self.custom_call(eqn, ins, t, o, where)
         if name in _RNG_DRAW:
@@ -288,6 +288,22 @@ def _inexact(v) -> bool:
         return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
     except TypeError:  # key types
         return False
+
+
+_LIBRARIES = ("/jax/", "/jaxlib/", "/flax/", "/optax/", "/haiku/", "/equinox/")
+
+
+def _library_call(eqn) -> bool:
+    """Whether ``lax.stop_gradient`` was called from inside a library (``jax.nn.softmax``,
+    ``logsumexp``: the max-shift that keeps them stable and leaves their values unchanged)
+    rather than from the user's code."""
+    tb = getattr(eqn.source_info, "traceback", None)
+    frames = list(getattr(tb, "frames", None) or [])
+    for i, fr in enumerate(frames[:-1]):
+        if fr.function_name == "stop_gradient" and fr.file_name.endswith("lax/lax.py"):
+            caller = frames[i + 1].file_name.replace("\\", "/")
+            return any(lib in caller for lib in _LIBRARIES)
+    return False
 
 
 def _sub_jaxprs(eqn) -> list:
