@@ -53,7 +53,7 @@ def probe(logits_fn: Callable, x, y, key: jax.Array, *, randomized: bool = False
     shape = (directions,) + np.shape(x)
     signs = np.random.default_rng(seed).choice(np.float32([-1.0, 1.0]), shape)
     r = _probe_arrays(model, jnp.asarray(x, jnp.float32), jnp.asarray(y),
-                      jax.random.split(key, 3), signs, step=step,
+                      jax.random.split(key, 2), signs, step=step,
                       lo=lo, hi=hi, randomized=randomized)
     r = jax.tree_util.tree_map(np.asarray, r)
     finite, zero, norm = r["finite"], r["zero"], r["norm"]
@@ -74,17 +74,19 @@ def probe(logits_fn: Callable, x, y, key: jax.Array, *, randomized: bool = False
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("randomized",))
 def _probe_arrays(model, x, y, key, signs, *, step, lo, hi, randomized):
     """Every array the probes need, in one compiled call: one gradient and one forward
-    pass over the clean, gradient-step and random-step inputs stacked (plus a second draw
-    of a randomised model)."""
-    kg, kf, ks = key[0], key[1], key[2]
-    grad = jax.grad(lambda z: jnp.sum(_a.xent_loss(model(z, kg), y)))(x)
+    pass over the clean, gradient-step and random-step inputs stacked, all with the same
+    draw of a randomised model (plus a second draw on the clean inputs)."""
+    kf, ks = key[0], key[1]
+    grad = jax.grad(lambda z: jnp.sum(_a.xent_loss(model(z, kf), y)))(x)
     flat = grad.reshape(grad.shape[0], -1)
     finite = jnp.all(jnp.isfinite(flat), axis=1)
     norm = jnp.sqrt(jnp.sum(jnp.where(jnp.isfinite(flat), flat, 0.0) ** 2, axis=1))
     directions = signs.shape[0]
     steps = jnp.concatenate([jnp.zeros((1,) + x.shape), jnp.sign(grad)[None], signs])
-    stacked = jnp.clip(x[None] + step * steps, lo, hi).reshape((-1,) + x.shape[1:])
-    logits = model(stacked, kf).reshape((directions + 2, x.shape[0], -1))
+    stacked = jnp.clip(x[None] + step * steps, lo, hi)
+    # One draw for every copy (common random numbers): a randomised model's steps are
+    # compared under the same randomness, so the comparison measures the gradient.
+    logits = jax.vmap(lambda z: model(z, kf))(stacked)
     gains = jax.vmap(lambda lg: _a.margin(lg, y) - _a.margin(logits[0], y))(logits[1:])
     if randomized:  # a second draw on the clean inputs
         a, b = logits[0], model(x, ks)
