@@ -32,6 +32,14 @@ _zero_backward.defvjp(lambda z: (z, None), lambda _, g: (jnp.zeros_like(g),))
 
 
 @jax.custom_jvp
+def _honest_leaky(z):
+    return jnp.where(z > 0, z, 0.1 * z)
+
+
+_honest_leaky.defjvp(lambda p, t: (_honest_leaky(p[0]), jnp.where(p[0] > 0, 1.0, 0.1) * t[0]))
+
+
+@jax.custom_jvp
 def _honest_square(z):
     return z * z
 
@@ -97,6 +105,7 @@ BENIGN = {
     "log of softmax": lambda z: jnp.log(jax.nn.softmax(dense(z))),
     "fixed-count loop": lambda z: dense(lax.fori_loop(0, 3, lambda i, c: c * 0.9, z)),
     "honest custom_jvp": lambda z: dense(_honest_square(z)),
+    "honest piecewise custom_jvp": lambda z: dense(_honest_leaky(z - 0.5)),
     "piecewise cond": lambda z: lax.cond(jnp.sum(z) > 3, dense, lambda q: -dense(q), z),
 }
 

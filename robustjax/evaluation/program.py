@@ -215,8 +215,10 @@ class _Walker:
         outs = self.run(inner[0], [i[0] for i in ins], [i[1] for i in ins], where)
         if not t or any(s in src for s in _TRUSTED_RULES):
             return outs
-        created = [s for s in range(before, len(self.sites)) if self.sites[s][0] != "random"]
-        rng = frozenset(s for s in range(before, len(self.sites)) if self.sites[s][0] == "random")
+        # Only what reaches the rule's outputs (a comparison that picks a branch does not).
+        reached = [s for s in frozenset().union(*(oo for _, oo in outs)) if s >= before]
+        created = [s for s in reached if self.sites[s][0] != "random"]
+        rng = frozenset(s for s in reached if self.sites[s][0] == "random")
         if created:
             extra = {self.site("straight-through", _rule_name(eqn), src)}
         else:
