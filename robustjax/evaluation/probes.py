@@ -81,7 +81,6 @@ def _probe_arrays(model, x, y, key, signs, *, step, lo, hi, randomized):
     flat = grad.reshape(grad.shape[0], -1)
     finite = jnp.all(jnp.isfinite(flat), axis=1)
     norm = jnp.sqrt(jnp.sum(jnp.where(jnp.isfinite(flat), flat, 0.0) ** 2, axis=1))
-    directions = signs.shape[0]
     steps = jnp.concatenate([jnp.zeros((1,) + x.shape), jnp.sign(grad)[None], signs])
     stacked = jnp.clip(x[None] + step * steps, lo, hi)
     # One draw for every copy (common random numbers): a randomised model's steps are
