@@ -104,15 +104,14 @@ BENIGN = {
     "logsumexp": lambda z: dense(z) - jax.scipy.special.logsumexp(dense(z), -1, keepdims=True),
     "log of softmax": lambda z: jnp.log(jax.nn.softmax(dense(z))),
     "fixed-count loop": lambda z: dense(lax.fori_loop(0, 3, lambda i, c: c * 0.9, z)),
-    "honest custom_jvp": lambda z: dense(_honest_square(z)),
-    "honest piecewise custom_jvp": lambda z: dense(_honest_leaky(z - 0.5)),
     "piecewise cond": lambda z: lax.cond(jnp.sum(z) > 3, dense, lambda q: -dense(q), z),
 }
 
 
 @pytest.mark.parametrize("name", list(BENIGN))
 def test_no_false_alarm_on_differentiable_constructs(name):
-    rep = robustjax.inspect(BENIGN[name], X, jnp.zeros(4, jnp.int32))
+    # Static only (honest custom rules need the probes: the custom-rule test below).
+    rep = robustjax.inspect(BENIGN[name], X, probe=False)
     assert rep.findings == [], rep.findings
     assert rep.warnings() == [], rep.warnings()
 
@@ -168,8 +167,10 @@ def test_the_custom_rule_check_measures_the_rule_against_its_forward_pass():
     rule = [f for f in masked.findings if f.kind == "custom-rule"]
     assert len(rule) == 1 and "cosine 0.000" in rule[0].meaning
     assert list(masked.rules.values()) == [0.0]
-    honest = robustjax.inspect(lambda z: dense(_honest_square(z)), X, y)
-    assert honest.findings == [] and all(c > 0.999 for c in honest.rules.values())
+    for fn in (_honest_square, lambda z: _honest_leaky(z - 0.5)):
+        honest = robustjax.inspect(lambda z: dense(fn(z)), X, y)
+        assert honest.findings == [] and honest.warnings() == []
+        assert all(c > 0.999 for c in honest.rules.values())
 
 
 def test_probes_see_nan_and_exploding_gradients_and_randomness():
