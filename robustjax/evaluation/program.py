@@ -208,7 +208,8 @@ class _Walker:
 
     def custom_call(self, eqn, ins, t, o, where):
         inner = jaxprs.body(eqn)
-        src = _rule_source(eqn) or where
+        rule, src = _rule_info(eqn)
+        src = src or where
         if inner is None:
             return [(t, o)] * len(eqn.outvars)
         before = len(self.sites)
@@ -220,9 +221,9 @@ class _Walker:
         created = [s for s in reached if self.sites[s][0] != "random"]
         rng = frozenset(s for s in reached if self.sites[s][0] == "random")
         if created:
-            extra = {self.site("straight-through", _rule_name(eqn), src)}
+            extra = {self.site("straight-through", rule, src)}
         else:
-            extra = {self.site("custom-rule", _rule_name(eqn), src)}
+            extra = {self.site("custom-rule", rule, src)}
             self.custom.setdefault(src, []).append(eqn)
         return [(ot, o | rng | extra) for ot, _ in outs]
 
@@ -318,18 +319,12 @@ def _sub_jaxprs(eqn) -> list:
     return out
 
 
-def _rule_source(eqn) -> str:
+def _rule_info(eqn) -> tuple[str, str]:
+    """``(name, file:line)`` of a custom rule's function, from its body's debug info."""
     body = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
     info = getattr(getattr(body, "jaxpr", body), "debug_info", None)
-    src = getattr(info, "func_src_info", None) or ""
-    return src.split(" at ", 1)[1] if " at " in src else src
-
-
-def _rule_name(eqn) -> str:
-    body = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
-    info = getattr(getattr(body, "jaxpr", body), "debug_info", None)
-    src = getattr(info, "func_src_info", None) or ""
-    return f"{eqn.primitive.name}({src.split(' at ', 1)[0] or '?'})"
+    fn, _, src = (getattr(info, "func_src_info", None) or "").partition(" at ")
+    return f"{eqn.primitive.name}({fn or '?'})", src
 
 
 def scan_jaxpr(closed, inputs: Sequence[bool]) -> Scan:
