@@ -2,7 +2,8 @@ r"""Accuracy against eps for L-inf, L2 or L1 adversaries (Madry et al. Section 5
 
   python -m experiments.eps_sweep --workdir=ADV [--natural_workdir=NAT] --norm=linf|l2|l1 \
       [--eps=0,0.1,...] [--attacks=pgd,apgd,square] [--examples=1000] [--num_steps=100] \
-      [--num_queries=5000] [--batch_size=500] [--data_dir=DIR] [--output_dir=DIR]
+      [--num_queries=5000] [--min_norm=fmn,ddn,cw_l2,fab] [--batch_size=500] \
+      [--data_dir=DIR] [--output_dir=DIR]
 
 For each model and attack, the robust accuracy at each eps on the first N test
 examples, from validated adversarial examples; under them, the accuracy
@@ -14,6 +15,13 @@ and Square their AutoAttack settings. Writes OUTPUT_DIR/eps_sweep_<norm>.json
 (curves, per-example results, the gradient-masking checks) and .md, and
 eps_sweep_<norm>.png: one curve per model and attack, the training eps marked.
 OUTPUT_DIR defaults to ADV/eps_sweep.
+
+--min_norm adds the whole curve from one run of each minimum-norm attack given (FMN,
+DDN and CW-L2 for L2 only, FAB; --num_steps steps): every example's smallest adversarial
+distance, and the accuracy at every eps from them (robustjax.curve_from_norms), drawn as
+a step curve beside the fixed-eps attacks' points, the median distance in the legend.
+Like them it is an upper bound on the robust accuracy; where it lies more than 5 points
+above the best fixed-eps attack at some eps, the plot and the warnings say so.
 
 The checks, printed and in the JSON (a failure is a warning, not an error):
 accuracy at eps 0 equals clean accuracy; accuracy does not rise with eps
@@ -61,6 +69,8 @@ flags.DEFINE_list("attacks", ["pgd", "apgd", "square"],
 flags.DEFINE_list("certify", ["ibp", "crown_ibp"],
                   "Verifiers whose certified-accuracy curves (the lower side of the bracket) "
                   "are drawn under the attack curves: from ibp, crown_ibp, crown (empty: none).")
+flags.DEFINE_list("min_norm", [], "Minimum-norm attacks whose curve from per-example distances "
+                  "is drawn beside the fixed-eps ones: from fmn, ddn, cw_l2, fab.")
 eval_flags.examples(1000)
 eval_flags.budget(num_steps="PGD / APGD iterations.")
 eval_flags.run("WORKDIR/eps_sweep")
@@ -71,7 +81,11 @@ flags.register_validator("attacks", lambda v: bool(v) and set(v) <= set(SWEEP_AT
                          message=f"--attacks must be a list from {','.join(SWEEP_ATTACKS)}")
 flags.register_validator("certify", lambda v: set(v) <= {"ibp", "crown_ibp", "crown"},
                          message="--certify must be a list from ibp,crown_ibp,crown")
+flags.register_validator("min_norm", lambda v: set(v) <= {"fmn", "ddn", "cw_l2", "fab"},
+                         message="--min_norm must be a list from fmn,ddn,cw_l2,fab")
 CERT_COLORS = dict(ibp="0.45", crown_ibp="black", crown="tab:brown")
+MIN_NORM_COLORS = dict(fmn="tab:cyan", ddn="tab:olive", cw_l2="tab:pink", fab="tab:gray")
+GAP_POINTS = 5.0  # a min-norm curve this far above the best fixed-eps attack is reported
 
 
 def _eps_list(dataset: str, norm: str) -> list[float]:
@@ -101,6 +115,16 @@ def plot(plt, result: dict, path: str) -> None:
             ax.plot(c["eps"], [100 * a for a in c["accuracy"]], "--x", ms=4, lw=1.6,
                     color=CERT_COLORS.get(name, "gray"),
                     label=f"{m['label']}: {name}-certified")
+    for k, m in enumerate(result["models"]):
+        for name, c in m.get("min_norm", {}).items():
+            ax.step(c["grid"], [100 * a for a in c["grid_accuracy"]], where="post", lw=1.4,
+                    ls=("-", "--", ":", "-.")[k % 4], color=MIN_NORM_COLORS.get(name, "black"),
+                    label=f"{m['label']}: {name} (min-norm, median {c['median']:.3g})")
+            for gap in c.get("gaps", [])[:1]:
+                ax.annotate(f"{name} {gap['points']:.0f} pts above the\nfixed-eps attacks",
+                            (gap["eps"], 100 * gap["accuracy"]), fontsize=7, color="0.25",
+                            xytext=(8, 8), textcoords="offset points",
+                            arrowprops=dict(arrowstyle="->", color="0.4", lw=0.7))
     train_eps = result["models"][0]["train_eps"]
     if result["norm"] == result["models"][0].get("train_norm", "linf"):
         ax.axvline(train_eps, color="gray", lw=0.8, ls=":")
@@ -128,7 +152,48 @@ def markdown(result: dict) -> str:
         for name, c in m.get("certified", {}).items():
             lines.append(f"| {m['label']} | {name}-certified | " +
                          " | ".join(f"{100 * a:.1f}" for a in c["accuracy"]) + " |")
+        for name, c in m.get("min_norm", {}).items():
+            lines.append(f"| {m['label']} | {name} (min-norm, median {c['median']:.4g}) | " +
+                         " | ".join(f"{100 * a:.1f}" for a in c["accuracy"]) + " |")
     return "\n".join(lines)
+
+
+def _min_norm_curves(model, x, y, eps, curves, key, out_dir) -> tuple[dict, list]:
+    """One run of each --min_norm attack: the curve from its distances, and its gaps above
+    the best fixed-eps attack (more than GAP_POINTS points)."""
+    import jax
+
+    from robustjax.evaluation import distances
+
+    out, warnings = {}, []
+    grid = np.linspace(0.0, max(eps) * 1.05, 211)
+    best_fixed = (np.min([c.accuracy for c in curves.values()], axis=0) if curves
+                  else None)
+    for j, name in enumerate(FLAGS.min_norm):
+        t0 = time.time()
+        attack = distances.min_norm_attack(name, model.run.logits_fn, norm=FLAGS.norm,
+                                           steps=FLAGS.num_steps)
+        res = distances.minimum_norms(
+            model.run.logits_fn, x, y, jax.random.fold_in(key, 1000 + j), attack, norm=FLAGS.norm,
+            batch_size=FLAGS.batch_size, settings=dict(attack=name, steps=FLAGS.num_steps),
+            resume_dir=os.path.join(out_dir, f"min_norm_{model.label}_{name}_{FLAGS.norm}"))
+        acc = res.curve(eps)
+        entry = dict(eps=list(eps), accuracy=acc.tolist(), median=res.median(),
+                     grid=grid.tolist(), grid_accuracy=res.curve(grid).tolist(),
+                     norms=[float(v) for v in res.norms], seconds=time.time() - t0,
+                     forward=int(res.forward.sum()), backward=int(res.backward.sum()), gaps=[])
+        if best_fixed is not None:
+            for e, a, b in zip(eps, acc, best_fixed):
+                if 100 * (a - b) > GAP_POINTS:
+                    entry["gaps"].append(dict(eps=e, accuracy=float(a), points=100 * (a - b)))
+            if entry["gaps"]:
+                g = max(entry["gaps"], key=lambda d: d["points"])
+                warnings.append(f"{model.label}: the {name} curve lies {g['points']:.1f} points "
+                                f"above the best fixed-eps attack at eps {g['eps']:g}")
+        log.info("%s model, %s (min-norm): median %.4g, %s (%.0fs)", model.label, name,
+                 res.median(), " ".join(f"{100 * a:.1f}" for a in acc), time.time() - t0)
+        out[name] = entry
+    return out, warnings
 
 
 def _certified_curves(model, x, y, eps, curves) -> dict:
@@ -152,8 +217,18 @@ def _certified_curves(model, x, y, eps, curves) -> dict:
     return out
 
 
+def _check_min_norm_flags() -> None:
+    from robustjax.evaluation.distances import MIN_NORM_ATTACKS
+
+    for name in FLAGS.min_norm:
+        if FLAGS.norm not in MIN_NORM_ATTACKS[name]:
+            raise app.UsageError(f"--min_norm={name} takes --norm from "
+                                 f"{','.join(MIN_NORM_ATTACKS[name])}, got {FLAGS.norm}")
+
+
 @one_line_errors
 def main(argv):
+    _check_min_norm_flags()
     models, x, y = figures.start_from_flags(argv)
     import jax
 
@@ -168,6 +243,7 @@ def main(argv):
                   num_queries=FLAGS.num_queries, seed=FLAGS.seed, models=[],
                   jax=jax.__version__, device=jax.devices()[0].device_kind)
     warnings = []
+    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eps_sweep")
     for model in models:
         curves, entry = {}, dict(figures.model_info(model), curves={})
         for j, name in enumerate(FLAGS.attacks):
@@ -186,6 +262,10 @@ def main(argv):
                 correct=["".join("1" if c else "0" for c in row) for row in curve.correct],
                 seconds=time.time() - t0)
         entry["certified"] = _certified_curves(model, x, y, eps, curves)
+        entry["min_norm"], gap_warnings = _min_norm_curves(model, x, y, eps, curves, key, out)
+        warnings += gap_warnings
+        for line in gap_warnings:
+            print(line)
         entry["clean_accuracy"] = next(iter(curves.values())).clean_accuracy
         entry["checks"] = sweeps.masking_checks(curves, train_eps=cfg.threat.eps,
                                                 same_norm=FLAGS.norm == cfg.threat.train_norm)
@@ -199,7 +279,6 @@ def main(argv):
     result["warnings"] = warnings
     if not mesh.is_primary():  # process 0 writes the files
         return
-    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eps_sweep")
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"eps_sweep_{FLAGS.norm}")
     figures.write_json(base + ".json", result)

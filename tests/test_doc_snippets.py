@@ -64,3 +64,24 @@ def test_adaptive_snippet(tiny_runs, idx_dir):
     through = float(re.search(r"PGD-40 through BPDA: ([\d.]+)%", text).group(1))
     assert through <= given, text
     assert re.search(r"noise defence under EOT APGD-CE: [\d.]+%", text), text
+
+
+@pytest.mark.slow
+def test_min_norm_snippet(tiny_runs, idx_dir, tmp_path):
+    """docs/min_norm.md's snippet on a tiny trained workdir: it runs and its curve is the
+    clean accuracy at 0, then nonincreasing."""
+    text = (REPO / "docs" / "min_norm.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = (blocks[0].replace("../shared/data/mnist-10k", os.fspath(idx_dir))
+            .replace('"workdirs/mnist"', repr(tiny_runs.pgd)).replace("[:200]", "[:40]")
+            .replace('"workdirs/mnist/fmn_linf"', repr(str(tmp_path / "fmn")))
+            .replace("steps=100", "steps=10"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/min_norm.md", "exec"), {})
+    text = out.getvalue()
+    assert "FMN-Linf distances:" in text, text
+    curve = [float(v) for v in re.search(r"accuracy at .*: \[(.*)\]", text).group(1).split()]
+    assert len(curve) == 4 and all(a >= b for a, b in zip(curve, curve[1:])), text
+    assert os.listdir(tmp_path / "fmn"), "the finished batches are stored"

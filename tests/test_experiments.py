@@ -151,8 +151,10 @@ def test_table_suites():
     paper = table1_specs(set())
     assert suite_specs(paper, "paper") == paper
     assert [s.attack for s in suite_specs(paper, "autoattack")] == ["natural", "autoattack"]
+    assert [s.attack for s in suite_specs(paper, "min_norm")] == ["natural", "fmn"]
     both = suite_specs(paper, "all")
-    assert both[:-1] == paper and both[-1].attack == "autoattack" and both[-1].eps == 0.3
+    assert both[:-2] == paper and [s.attack for s in both[-2:]] == ["autoattack", "fmn"]
+    assert both[-1].eps == 0.3 and both[-1].norm == "linf"
 
 
 @pytest.mark.slow
@@ -242,7 +244,7 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
     p = _run("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}",
              f"--natural_workdir={tiny_runs.none}", "--norm=l2", "--eps=0,1,0.5,8",
              "--attacks=pgd,square", "--examples=20", "--num_steps=2", "--num_queries=10",
-             "--batch_size=16", f"--output_dir={tmp_path}")
+             "--batch_size=16", "--min_norm=fmn", f"--output_dir={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "eps0_equals_clean (pgd): ok" in p.stdout
     res = json.load(open(tmp_path / "eps_sweep_l2.json"))
@@ -261,11 +263,18 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
             assert c["accuracy"][0] == m["clean_accuracy"]    # eps 0: certified = correct
             for a in m["curves"].values():
                 assert all(l <= u for l, u in zip(c["accuracy"], a["accuracy"]))
+        # The curve from FMN's distances: clean accuracy at 0, nonincreasing, its median.
+        fmn = m["min_norm"]["fmn"]
+        assert fmn["accuracy"][0] == m["clean_accuracy"] and len(fmn["norms"]) == 20
+        assert all(a >= b for a, b in zip(fmn["grid_accuracy"], fmn["grid_accuracy"][1:]))
+        assert fmn["median"] == pytest.approx(float(np.median(fmn["norms"])))
+    assert "fmn (min-norm, median" in open(tmp_path / "eps_sweep_l2.md").read()
     assert os.path.getsize(tmp_path / "eps_sweep_l2.png") > 5_000
     assert "| square |" in open(tmp_path / "eps_sweep_l2.md").read()
     assert "| ibp-certified |" in open(tmp_path / "eps_sweep_l2.md").read()
     for bad, what in (("--attacks=cw", "--attacks"), ("--eps=0,x", "--eps"),
-                      ("--certify=lp", "--certify")):
+                      ("--certify=lp", "--certify"), ("--min_norm=ddn", "--min_norm"),
+                      ("--min_norm=pgd", "--min_norm")):
         _usage_error(in_process("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}", bad),
                      what)
 

@@ -1,4 +1,4 @@
-"""robustjax.runtime.mesh: batches over every device; the five evaluations equal on 1 and 4 devices."""
+"""robustjax.runtime.mesh: batches over every device; the evaluations equal on 1 and 4 devices."""
 
 import os
 import subprocess
@@ -129,12 +129,19 @@ v1, v4 = both(lambda m: validation.make_validator(
     mesh=m)(t.params, xte, yte))
 assert v1 == v4, (v1, v4)
 print("equal: validation", v1)
+
+# 7. Minimum norms (FMN-L2): a per-example distance, whatever the devices.
+from robustjax.evaluation import distances
+fmn = distances.min_norm_attack("fmn", f, norm="l2", steps=5)
+n1, n4 = both(lambda m: distances.minimum_norms(f, x, y, key, fmn, norm="l2", batch_size=16,
+                                                keep_adversarial=True, mesh=m))
+same("minimum_norms", (n1.norms, n1.x_adv), (n4.norms, n4.x_adv))
 print("OK")
 '''
 
 
 @pytest.mark.slow
-def test_five_evaluations_equal_on_one_and_four_devices():
+def test_evaluations_equal_on_one_and_four_devices():
     """Each evaluation gives the same per-example results on 1 and on 4 (simulated) devices."""
     env = fast_compile_env(JAX_NUM_CPU_DEVICES="4",
                            PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))

@@ -22,7 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["project_l1_box", "l1_ball_uniform", "sparse_ascent", "l1_distance", "l0_count"]
+__all__ = ["project_l1_box", "l1_ball_uniform", "sparse_ascent", "l1_distance", "l0_count",
+           "kth_largest"]
 
 Array = jax.Array
 _BISECTIONS = 26  # bracket of max|v| / 2^26: below float32 resolution
@@ -110,7 +111,7 @@ def l1_ball_uniform(key: Array, shape: tuple, eps) -> Array:
     return (sign * w).reshape(shape) * jnp.asarray(eps, jnp.float32)
 
 
-def _kth_largest(a: Array, k: Array) -> Array:
+def kth_largest(a: Array, k: Array) -> Array:
     """Per row, the k-th largest of the non-negative float32 values ``a [B, D]`` (k ``[B, 1]``).
 
     The largest bit pattern ``t`` with ``count(bits(a) >= t) >= k`` is a value
@@ -145,7 +146,7 @@ def sparse_ascent(grad: Array, fraction) -> Array:
     a = jnp.abs(g).astype(jnp.float32)
     frac = jnp.broadcast_to(jnp.asarray(fraction, jnp.float32).reshape(-1), (g.shape[0],))
     index = jnp.clip(((1.0 - frac) * dim).astype(jnp.int32), 0, dim - 1)
-    thr = _kth_largest(a, (dim - index)[:, None])
+    thr = kth_largest(a, (dim - index)[:, None])
     keep = (a >= thr) & (a > 0)
     step = jnp.where(keep, jnp.sign(g), 0.0)
     step = step / (jnp.sum(keep, axis=1, keepdims=True) + 1e-10)

@@ -31,6 +31,7 @@ from robustjax.attacks import apgd
 from robustjax.attacks import first_order as attacks
 from robustjax.evaluation import autoattack
 from robustjax.evaluation import accuracy as evaluate
+from robustjax.evaluation import distances
 from robustjax.attacks import fab
 from robustjax.runtime import rowstore
 from robustjax.attacks import square
@@ -40,11 +41,14 @@ from robustjax.runtime import mesh as _mesh
 __all__ = ["AttackSpec", "SuiteResult", "run_suite", "make_attack", "markdown_table",
            "write_results", "TARGETING", "ATTACKS"]
 
-ATTACKS = ("natural", "fgsm", "pgd", "apgd", "apgd_t", "fab", "fab_t", "square", "autoattack")
+ATTACKS = ("natural", "fgsm", "pgd", "apgd", "apgd_t", "fab", "fab_t", "square", "autoattack",
+           "fmn", "ddn", "cw_l2")
+_MIN_NORM_ROWS = ("fmn", "ddn", "cw_l2")
 TARGETING = ("none", "all", "random", "least_likely")
 _AUTOATTACK_ROWS = ("apgd", "apgd_t", "fab", "fab_t", "square", "autoattack")
 # Per attack: the default steps (Square: queries) and loss, and the losses it takes.
-_DEFAULT_STEPS = dict(pgd=40, apgd=100, apgd_t=100, fab=100, fab_t=100, square=5000)
+_DEFAULT_STEPS = dict(pgd=40, apgd=100, apgd_t=100, fab=100, fab_t=100, square=5000, fmn=100,
+                      ddn=100, cw_l2=100)
 _DEFAULT_LOSS = dict(natural="xent", fgsm="xent", pgd="xent", apgd="xent", apgd_t="dlr",
                      square="margin")
 _LOSSES = dict(natural=attacks.LOSSES, fgsm=attacks.LOSSES, pgd=attacks.LOSSES,
@@ -62,11 +66,15 @@ class AttackSpec:
       ``"apgd"`` (:func:`robustjax.attacks.apgd.apgd`), ``"apgd_t"``
       (:func:`robustjax.attacks.apgd.apgd_t`), ``"fab"`` / ``"fab_t"``
       (:func:`robustjax.attacks.fab.fab`, untargeted / targeted), ``"square"``
-      (:func:`robustjax.attacks.square.square`), or ``"autoattack"`` (the ensemble,
-      :func:`robustjax.evaluation.autoattack.autoattack`, white-box only).
+      (:func:`robustjax.attacks.square.square`), ``"autoattack"`` (the ensemble,
+      :func:`robustjax.evaluation.autoattack.autoattack`, white-box only), or a
+      minimum-norm attack, ``"fmn"`` (L-inf, L2, L1), ``"ddn"`` or ``"cw_l2"`` (L2)
+      (:mod:`robustjax.evaluation.distances`): its point counts where its norm is at
+      most eps, as FAB's.
     norm, eps: the threat model (``"linf"``, ``"l2"`` or ``"l1"``; FGSM rows are L-inf).
-    steps: iterations; Square: queries. Default (None): PGD 40, APGD and FAB
-      100, Square 5000; the ensemble uses its own (100 steps, 5000 queries).
+    steps: iterations; Square: queries. Default (None): PGD 40, APGD, FAB, FMN, DDN
+      100, CW-L2 100 per constant (9 constants), Square 5000; the ensemble uses its own
+      (100 steps, 5000 queries).
     step_size, random_start: PGD's (FGSM: one step of eps); the other attacks
       choose their own steps.
     restarts: random restarts (PGD, APGD, FAB; Square and the ensemble: 1).
@@ -128,7 +136,9 @@ class AttackSpec:
                              f"rows (APGD-T and FAB-T choose their targets by rank)")
         if self.attack in ("apgd_t", "fab_t"):
             _checks.check_int("targets", self.targets, 1)
-        if self.attack in ("square", "autoattack") and self.restarts != 1:
+        if self.attack in _MIN_NORM_ROWS:
+            _checks.check_choice("norm", self.norm, distances.MIN_NORM_ATTACKS[self.attack])
+        if self.attack in ("square", "autoattack") + _MIN_NORM_ROWS and self.restarts != 1:
             raise ValueError(f"row {self.name!r}: restarts must be 1 for {self.attack} rows, "
                              f"got {self.restarts}")
         if self.attack == "autoattack":
@@ -142,7 +152,7 @@ class AttackSpec:
     def row(self, accuracy: float) -> dict:
         """The results.json row (shared schema) for this spec."""
         natural = self.attack == "natural"
-        if self.attack in _AUTOATTACK_ROWS:
+        if self.attack in _AUTOATTACK_ROWS + _MIN_NORM_ROWS:
             row = dict(name=self.name, attack=self.attack, norm=self.norm, eps=float(self.eps),
                        steps=None if self.steps is None else int(self.steps), step_size=None,
                        restarts=None if self.attack == "autoattack" else int(self.restarts),
@@ -227,6 +237,14 @@ def make_attack(spec: AttackSpec, src_logits, target_logits,
         return lambda x, y, key: fab.fab(src_logits, x, y, key, targeted=spec.attack == "fab_t",
                                          num_targets=spec.targets, num_steps=spec.steps,
                                          restarts=spec.restarts, **common)
+    if spec.attack in _MIN_NORM_ROWS:
+        run = distances.min_norm_attack(spec.attack, src_logits, norm=spec.norm, steps=spec.steps)
+
+        def within_eps(x, y, key):
+            res = run(x, y, key)
+            ok = (res.norms <= spec.eps).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+            return jnp.where(ok, res.x_adv, x)
+        return within_eps
     if spec.attack == "square":
         return lambda x, y, key: square.square(src_logits, x, y, key, num_queries=spec.steps,
                                                loss=spec.loss, **common)
