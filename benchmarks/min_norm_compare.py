@@ -13,12 +13,21 @@ robustjax's model misclassifies that point (else the example counts as not found
 distance infinite). Times are wall-clock for the whole run of one attack over the
 examples, compilation included for robustjax, in one process on the same CPU.
 ``--aa_linf`` / ``--aa_l2`` add AutoAttack's robust accuracy at those radii (version
-``--aa_version``) and the figure ``--figure`` of the FMN curves with those points.
+``--aa_version``) and the figure ``--figure`` of the curves with those points;
+``--norms_from`` takes the distances from an earlier run's JSON:
+
+  python -m benchmarks.min_norm_compare --workdir=workdirs/mnist_cpu \
+      --data_dir=../shared/data/mnist-10k --skip=robustjax,foolbox \
+      --norms_from=benchmarks/results/min_norm_mnist10k_cpu.json --aa_linf=0.1,0.2,0.3 \
+      --aa_l2=1,1.5,2 --aa_version=custom --aa_attacks=apgd-ce,apgd-t \
+      --figure=docs/figures/min_norm_curves.png \
+      --json_out=benchmarks/results/min_norm_autoattack_mnist10k_cpu.json
 Figures in benchmarks/RESULTS.md ("Minimum-norm attacks").
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -43,6 +52,9 @@ _AA_L2 = flags.DEFINE_list("aa_l2", [], "L2 radii for AutoAttack's points.")
 _AA_VERSION = flags.DEFINE_string("aa_version", "standard", "AutoAttack version.")
 _AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "AutoAttack's attacks (version custom).")
 _FIGURE = flags.DEFINE_string("figure", None, "PNG of the FMN curves and AutoAttack's points.")
+_NORMS_FROM = flags.DEFINE_string("norms_from", None, "JSON of an earlier run whose distances "
+                                  "the AutoAttack points and the figure use (with "
+                                  "--skip=robustjax,foolbox: AutoAttack only).")
 _JSON_OUT = bench_flags.json_out()
 
 
@@ -178,9 +190,11 @@ def main(argv):
     print(f"# MnistCNN({run.config.model.width}) from {_WORKDIR.value}, {n} test digits, "
           f"{_STEPS.value} steps; {out['cpu']}")
     net = torch_mnist_cnn({"params": run.variables["params"]})
-    print("| attack | norm | robustjax median | found | time (s) | foolbox median | found "
-          "| time (s) | speed-up |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for spec in _RUNS.value:
+    runs = [] if {"robustjax", "foolbox"} <= set(_SKIP.value) else _RUNS.value
+    if runs:
+        print("| attack | norm | robustjax median | found | time (s) | foolbox median | found "
+              "| time (s) | speed-up |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for spec in runs:
         name, norm = spec.split(":")
         ours = theirs = None
         if "robustjax" not in _SKIP.value:
@@ -195,6 +209,13 @@ def main(argv):
         print(f"| {name} | {norm} | " + " | ".join(cells(ours) + cells(theirs)) +
               f" | {ratio} |", flush=True)
         bench_flags.write_json(_JSON_OUT.value, out)
+    if _NORMS_FROM.value:
+        with open(_NORMS_FROM.value) as f:
+            earlier = json.load(f)
+        if earlier["examples"] != n:
+            raise app.UsageError(f"--norms_from holds {earlier['examples']} examples, not {n}")
+        out["robustjax"] = earlier["robustjax"]
+        out["steps"] = earlier["steps"]
     if _AA_LINF.value or _AA_L2.value:
         _autoattack_points(run.logits_fn, x, y, out)
         for key, res in out["robustjax"].items():

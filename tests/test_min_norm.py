@@ -111,6 +111,7 @@ def _check_points(logits_fn, x, y, res, norm, *, targeted):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack,norm,targeted", [
     ("fmn", "l0", False), ("fmn", "l1", False), ("fmn", "l2", False), ("fmn", "linf", False),
     ("fmn", "linf", True), ("ddn", "l2", False), ("ddn", "l2", True), ("cw_l2", "l2", True)])
@@ -129,6 +130,7 @@ def test_every_point_is_what_it_claims(natural_model, attack, norm, targeted):
     assert np.all(np.asarray(res.forward) >= 40) and np.all(np.asarray(res.backward) >= 40)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack,norm", [("fmn", "l2"), ("fmn", "linf"), ("ddn", "l2")])
 def test_more_steps_never_give_a_larger_median(natural_model, attack, norm):
     m = natural_model
@@ -140,6 +142,7 @@ def test_more_steps_never_give_a_larger_median(natural_model, attack, norm):
     assert med[0] >= med[1] >= med[2], med
 
 
+@pytest.mark.slow
 def test_curve_is_monotone_and_equals_fixed_eps_accuracy(natural_model, tmp_path):
     m = natural_model
     x, y = m.x[:40], m.y[:40]
@@ -199,7 +202,7 @@ def test_bad_input_names_the_argument(call, match):
 # foolbox 3.3.4 on a PyTorch twin of the same model (the peers extra)
 # ----------------------------------------------------------------------------
 
-def _foolbox_median(net, x, y, attack):
+def _foolbox_points(net, x, y, attack):
     import torch
     import foolbox
 
@@ -209,6 +212,7 @@ def _foolbox_median(net, x, y, attack):
     return adv.detach().numpy().transpose(0, 2, 3, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack,norm", [("fmn", "linf"), ("fmn", "l2"), ("fmn", "l1"),
                                          ("fmn", "l0"), ("ddn", "l2")])
 def test_median_norms_match_foolbox(natural_model, attack, norm):
@@ -228,7 +232,7 @@ def test_median_norms_match_foolbox(natural_model, attack, norm):
     peer = dict(fmn=dict(linf=fb.attacks.LInfFMNAttack, l2=fb.attacks.L2FMNAttack,
                          l1=fb.attacks.L1FMNAttack, l0=fb.attacks.L0FMNAttack)[norm],
                 ddn=fb.attacks.DDNAttack)[attack]
-    adv = _foolbox_median(torch_mnist_cnn(m.params), x, y, peer(steps=steps))
+    adv = _foolbox_points(torch_mnist_cnn(m.params), x, y, peer(steps=steps))
     ok = np.asarray(jnp.argmax(m.logits_fn(jnp.asarray(adv)), 1)) != y
     theirs = np.where(ok, np.asarray(min_norm.distance(jnp.asarray(adv - x), norm)), np.inf)
     kw = dict(levels=None) if attack == "ddn" else {}  # foolbox's DDN does not quantise

@@ -63,6 +63,7 @@ def _run(objective, w0, active0, steps: int, abort_early: bool, learning_rate):
     def body(carry):
         step, w, state, best, found, prev, passes, active = carry
         grad, loss, best_new, found_new = objective(w, best, found)
+
         def keep(new, old):  # an example that stopped keeps its state
             return jax.tree_util.tree_map(
                 lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)

@@ -232,6 +232,7 @@ def minimum_norms(logits_fn, x, y, key: Optional[jax.Array], attack: MinNormAtta
         if progress is not None:
             done = np.concatenate([_robust_norms(p, targeted) for p in parts])
             progress(stop, n, float(np.median(done)))
+
     def cat(k):
         return np.concatenate([p[k] for p in parts])
     norms = np.concatenate([_robust_norms(p, targeted) for p in parts])
