@@ -82,7 +82,7 @@ def ddn(logits_fn, x: Array, y: Array, key: Optional[Array] = None, *, steps: in
     def body(i, carry):
         delta, eps, best = carry
         alpha = 0.01 + (1.0 - 0.01) * (1.0 + jnp.cos(math.pi * i / steps)) / 2.0
-        x_adv = x + delta
+        x_adv = jnp.clip(x + delta, lo, hi)  # x + (clip(x + d) - x) can round out of it
         grad, logits = jax.grad(objective, has_aux=True)(x_adv)
         pred = jnp.argmax(logits, axis=1)
         is_adv = pred == y if targeted else pred != y

@@ -131,7 +131,7 @@ def fmn(logits_fn, x: Array, y: Array, key: Optional[Array] = None, *, norm: str
         delta, eps, found_any, best = carry
         alpha = _cosine(i, steps, alpha_init, alpha_final)
         gamma = _cosine(i, steps, gamma_init, gamma_final)
-        x_adv = x + delta
+        x_adv = jnp.clip(x + delta, lo, hi)  # x + (clip(x + d) - x) can round out of it
         grad, (loss, logits) = jax.grad(objective, has_aux=True)(x_adv)
         if box_aware:  # coordinates the box stops cannot move along the gradient
             grad = jnp.where(((grad > 0) & (x_adv >= hi)) | ((grad < 0) & (x_adv <= lo)),
