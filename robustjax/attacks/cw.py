@@ -48,10 +48,11 @@ def _check(steps, binary_search_steps, learning_rate, initial_const, kappa):
     _checks.check_scalar("kappa", kappa)
 
 
-def _run(objective, w0, active0, steps: int, abort_early: bool, learning_rate):
-    """One Adam run over ``w`` for a fixed constant: ``(best, found, passes)`` updates.
+def _run(objective, w0, best, steps: int, abort_early: bool, learning_rate):
+    """One Adam run over ``w`` for a fixed constant (a ``lax.while_loop``): the updated
+    ``best``, ``found`` (an adversarial point seen in this run) and the passes, per example.
 
-    ``objective(w, best, found) -> (grad, loss, best, found)``, per example.
+    ``objective(w, best, found) -> (grad, loss, best, found)``.
     """
     opt = optax.adam(learning_rate)
     check_every = max(1, math.ceil(steps / 10))
@@ -80,8 +81,10 @@ def _run(objective, w0, active0, steps: int, abort_early: bool, learning_rate):
         return step + 1, w, state, best, found, prev, passes, active
 
     bsz = w0.shape[0]
-    return cond, body, (0, w0, opt.init(w0), None, None, jnp.full((bsz,), jnp.inf),
-                        jnp.zeros((bsz,), jnp.int32), active0)
+    init = (0, w0, opt.init(w0), best, jnp.zeros((bsz,), bool), jnp.full((bsz,), jnp.inf),
+            jnp.zeros((bsz,), jnp.int32), jnp.ones((bsz,), bool))
+    _, _, _, best, found, _, passes, _ = jax.lax.while_loop(cond, body, init)
+    return best, found, passes
 
 
 def cw_l2(logits_fn, x: Array, y: Array, key: Optional[Array] = None, *, steps: int = 10000,
@@ -141,10 +144,8 @@ def cw_l2(logits_fn, x: Array, y: Array, key: Optional[Array] = None, *, steps: 
         best, const, lower, upper, passes = carry
         if binary_search_steps >= 10:
             const = jnp.where(i == binary_search_steps - 1, jnp.minimum(upper, 1e10), const)
-        cond, body, init = _run(make_objective(const), w_x, jnp.ones((bsz,), bool), steps,
-                                abort_early, learning_rate)
-        init = init[:3] + (best, jnp.zeros((bsz,), bool)) + init[5:]
-        _, _, _, best, found, _, run_passes, _ = jax.lax.while_loop(cond, body, init)
+        best, found, run_passes = _run(make_objective(const), w_x, best, steps, abort_early,
+                                       learning_rate)
         upper = jnp.where(found, const, upper)
         lower = jnp.where(found, lower, const)
         const = jnp.where(jnp.isinf(upper), const * 10.0, (lower + upper) / 2.0)

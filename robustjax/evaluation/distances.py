@@ -96,7 +96,8 @@ class MinimumNorms(NamedTuple):
     clean_correct: the model's clean prediction equals the label.
     forward, backward: the passes the attack spent per example.
     x_adv: the adversarial points (``x`` where none), when requested.
-    seconds: wall time, compilation included (0 for batches loaded on resume).
+    seconds: wall time of the call, compilation included (batches loaded on resume cost
+      only their loading).
     """
 
     norms: np.ndarray
