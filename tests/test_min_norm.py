@@ -52,9 +52,9 @@ def _exact_sparse(w, f, x, lo=0.0, hi=1.0):
     return l1, l0
 
 
-@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("targeted", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("attack,norm", [("fmn", "l2"), ("fmn", "linf"), ("ddn", "l2"),
-                                         ("cw_l2", "l2")])
+                                         pytest.param("cw_l2", "l2", marks=pytest.mark.slow)])
 def test_linear_model_closed_form(attack, norm, targeted):
     """L2: |f| / ||w||_2; L-inf: |f| / ||w||_1 (the optimum stays inside the box here)."""
     logits_fn, w, b, x, y = _linear()
