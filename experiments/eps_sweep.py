@@ -23,6 +23,12 @@ a step curve beside the fixed-eps attacks' points, the median distance in the le
 Like them it is an upper bound on the robust accuracy; where it lies more than 5 points
 above the best fixed-eps attack at some eps, the plot and the warnings say so.
 
+--smoothing_sigma=S adds the "smoothing-certified" curve: CERTIFY (Cohen et al. 2019,
+--smoothing_n0/--smoothing_n/--smoothing_alpha) of the model's smoothed classifier at noise
+S, its accuracy certified at each eps (L2; an L-inf eps as the L2 radius eps * sqrt(d) that
+covers its ball). It bounds the smoothed classifier, not the model the attacks run on, so it
+is not checked against them (experiments.smoothing gives the whole radius curve).
+
 The checks, printed and in the JSON (a failure is a warning, not an error):
 accuracy at eps 0 equals clean accuracy; accuracy does not rise with eps
 beyond sampling noise; it reaches (near) zero at the largest eps; at the
@@ -72,6 +78,7 @@ flags.DEFINE_list("certify", ["ibp", "crown_ibp"],
 flags.DEFINE_list("min_norm", [], "Minimum-norm attacks whose curve from per-example distances "
                   "is drawn beside the fixed-eps ones: from fmn, ddn, cw_l2, fab.")
 eval_flags.examples(1000)
+eval_flags.smoothing()
 eval_flags.budget(num_steps="PGD / APGD iterations.")
 eval_flags.run("WORKDIR/eps_sweep")
 FLAGS = flags.FLAGS
@@ -83,7 +90,7 @@ flags.register_validator("certify", lambda v: set(v) <= {"ibp", "crown_ibp", "cr
                          message="--certify must be a list from ibp,crown_ibp,crown")
 flags.register_validator("min_norm", lambda v: set(v) <= {"fmn", "ddn", "cw_l2", "fab"},
                          message="--min_norm must be a list from fmn,ddn,cw_l2,fab")
-CERT_COLORS = dict(ibp="0.45", crown_ibp="black", crown="tab:brown")
+CERT_COLORS = dict(ibp="0.45", crown_ibp="black", crown="tab:brown", smoothing="tab:green")
 MIN_NORM_COLORS = dict(fmn="tab:cyan", ddn="tab:olive", cw_l2="tab:pink", fab="tab:gray")
 GAP_POINTS = 5.0  # a min-norm curve this far above the best fixed-eps attack is reported
 
@@ -262,6 +269,10 @@ def main(argv):
                 correct=["".join("1" if c else "0" for c in row) for row in curve.correct],
                 seconds=time.time() - t0)
         entry["certified"] = _certified_curves(model, x, y, eps, curves)
+        if FLAGS.smoothing_sigma > 0:  # of the smoothed classifier: no bracket with the attacks
+            entry["certified"]["smoothing"] = eval_flags.smoothing_certified(
+                model.run.logits_fn, x, y, eps, norm=FLAGS.norm,
+                resume_dir=os.path.join(out, f"smoothing_{model.label}_{FLAGS.smoothing_sigma:g}"))
         entry["min_norm"], gap_warnings = _min_norm_curves(model, x, y, eps, curves, key, out)
         warnings += gap_warnings
         for line in gap_warnings:

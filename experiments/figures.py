@@ -68,6 +68,10 @@ def _label(run) -> str:
         return "adversarial (TRADES)"
     if run.config.loss.objective in ("ibp", "crown_ibp"):
         return f"certified ({run.config.loss.objective.replace('_', '-').upper()})"
+    if run.config.loss.objective == "gaussian":
+        return f"Gaussian noise (sigma {run.config.loss.noise_sigma:g})"
+    if run.config.loss.objective == "smoothadv":
+        return f"SmoothAdv (sigma {run.config.loss.noise_sigma:g})"
     return {"none": "natural", "pgd": "adversarial (PGD)", "fgsm": "adversarial (FGSM)",
             "fgsm_rs": "adversarial (Fast AT)"}.get(run.config.threat.train_attack,
                                                     run.config.threat.train_attack)

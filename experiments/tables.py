@@ -28,6 +28,7 @@ flags.DEFINE_string("source_a_prime", None, "Workdir of A': an independently tra
 flags.DEFINE_string("data_dir", None, "Raw dataset files (default: the data_dir A was "
                     "trained with, else TFDS).")
 eval_flags.examples(-1)
+eval_flags.smoothing()
 flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
 flags.DEFINE_integer("seed", 0, "Seed of the random starts and targets.")
 flags.DEFINE_string("output_dir", None, "Where results.json, results.md, the finished rows "
@@ -84,6 +85,21 @@ def certified_rows(logits_fn, x, y, eps: float, worst_case_correct) -> list:
     return rows
 
 
+def smoothing_row(logits_fn, x, y, spec, out: str) -> dict:
+    """The accuracy of the model's smoothed classifier certified by randomized smoothing
+    (Cohen et al. 2019) at the table's eps: the L2 radius covering its ball (an L-inf eps
+    times sqrt(d)). A lower bound for the smoothed classifier, not for the model itself, so
+    it is not checked against the attack rows."""
+    c = eval_flags.smoothing_certified(logits_fn, x, y, [spec.eps], norm=spec.norm,
+                                       resume_dir=os.path.join(out, "smoothing"))
+    return dict(name=f"Smoothing-certified (sigma {c['sigma']:g}, L2 {c['l2_radius'][0]:.3g})",
+                attack="certified", method="smoothing", norm=spec.norm, eps=float(spec.eps),
+                steps=None, step_size=None, restarts=None, loss=None, source="-",
+                accuracy=c["accuracy"][0], bound="lower (smoothed classifier)",
+                l2_radius=c["l2_radius"][0], sigma=c["sigma"], n0=c["n0"], n=c["n"],
+                alpha=c["alpha"])
+
+
 def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> dict:
     """Loads A and the sources, runs the rows, writes results.json and results.md."""
     eval_flags.no_arguments(argv)
@@ -128,6 +144,8 @@ def run(argv, make_specs, *, sources: dict[str, str], dataset_family: tuple) -> 
     rows = list(res.rows)
     if FLAGS.suite == "all":
         rows += certified_rows(run_a.logits_fn, x, y, specs[0].eps, res.worst_case_correct)
+    if FLAGS.smoothing_sigma > 0:
+        rows.append(smoothing_row(run_a.logits_fn, x, y, specs[0], out))
     results = dict(
         dataset=cfg.data.dataset, split="test", n=int(n),
         model=dict(arch=train.build_model(cfg).__class__.__name__, width=cfg.model.width,

@@ -10,6 +10,8 @@ Subpackages, by concern (each imports only those above it in this list):
   attacks     -- the inner maximisation (Eq. 2.1): FGSM, PGD, APGD, FAB, Square; the
                  minimum-norm attacks FMN, DDN, CW-L2; BPDA and EOT wrappers.
   certify     -- sound bounds (IBP, CROWN, CROWN-IBP, alpha-CROWN) of any logits_fn.
+  smoothing   -- randomized smoothing (Cohen et al. 2019): PREDICT, CERTIFY, certified L2
+                 radii of any model at any scale; Gaussian and SmoothAdv noise training.
   evaluation  -- robust accuracy, AutoAttack, the inspection of a model's gradients,
                  adaptive evaluation, the paper's tables as suites, sweeps, curves
                  from minimum distances,
@@ -30,7 +32,7 @@ from robustjax.runtime import xla_defaults as _xla_defaults  # isort: skip
 _xla_defaults.apply()
 
 from robustjax import (attacks, certify, data, evaluation, models, runtime,  # noqa: E402
-                       training, zoo)
+                       smoothing, training, zoo)
 from robustjax.attacks.adaptive import bpda, eot  # noqa: E402
 from robustjax.attacks.apgd import apgd, apgd_t  # noqa: E402
 from robustjax.attacks.cw import cw_l2  # noqa: E402
@@ -52,7 +54,8 @@ from robustjax import _compat  # noqa: E402  isort: skip
 
 _compat.install(__name__)
 
-__all__ = ["runtime", "data", "models", "zoo", "attacks", "certify", "evaluation", "training",
+__all__ = ["runtime", "data", "models", "zoo", "attacks", "certify", "smoothing", "evaluation",
+           "training",
            "fgsm", "fgsm_rs", "pgd", "apgd", "apgd_t", "fab", "square", "autoattack",
            "inspect", "bpda", "eot", "fmn", "ddn", "cw_l2", "minimum_norms", "curve_from_norms",
            "robust_accuracy", "RobustAccuracy", "run_suite", "AttackSpec", "MnistCNN",

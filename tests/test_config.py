@@ -16,7 +16,7 @@ DATA = pathlib.Path(__file__).parent / "data"
 
 def test_sections_partition_the_fields_and_flat_names_are_unique():
     names = [f.name for _, f in TrainConfig.fields()]
-    assert len(names) == len(set(names)) == 42
+    assert len(names) == len(set(names)) == 44  # 42 + noise_sigma, smoothadv_samples (issue 35)
     assert list(SECTIONS) == ["data", "model", "threat", "loss", "optim", "evaluation", "run"]
     c = TrainConfig(steps=7, eps=0.1, objective="trades")
     assert (c.run.steps, c.threat.eps, c.loss.objective) == (7, 0.1, "trades")

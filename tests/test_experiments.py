@@ -130,14 +130,19 @@ def test_mnist_table_entry_point(tiny_runs, tmp_path):
     assert p.returncode != 0 and "/nonexistent" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     # --suite=autoattack: natural + the AutoAttack ensemble, covered by the worst case.
+    # ... and the smoothed classifier's certified row at the L2 radius 0.3 * 28 (n = 50 allows
+    # at most 0.28: none certified there).
     out = str(tmp_path / "table_aa")
     p = in_process("experiments.mnist_table", f"--workdir={a}", "--examples=30",
-                   "--suite=autoattack", f"--output_dir={out}", "--batch_size=30")
+                   "--suite=autoattack", f"--output_dir={out}", "--batch_size=30",
+                   "--smoothing_sigma=0.25", "--smoothing_n=50", "--smoothing_n0=10")
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = _check_results(os.path.join(out, "results.json"), 3)["rows"]
-    assert [r["attack"] for r in rows] == ["natural", "autoattack", "worst_case"]
+    rows = _check_results(os.path.join(out, "results.json"), 4)["rows"]
+    assert [r["attack"] for r in rows] == ["natural", "autoattack", "worst_case", "certified"]
     assert set(rows[1]["after"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
     assert rows[2]["accuracy"] == rows[1]["accuracy"] <= rows[0]["accuracy"]
+    assert rows[3]["method"] == "smoothing" and rows[3]["accuracy"] == 0.0
+    assert rows[3]["l2_radius"] == pytest.approx(0.3 * 28) and rows[3]["sigma"] == 0.25
 
 
 def test_table_suites():
@@ -244,7 +249,8 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
     p = _run("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}",
              f"--natural_workdir={tiny_runs.none}", "--norm=l2", "--eps=0,1,0.5,8",
              "--attacks=pgd,square", "--examples=20", "--num_steps=2", "--num_queries=10",
-             "--batch_size=16", "--min_norm=fmn", f"--output_dir={tmp_path}")
+             "--batch_size=16", "--min_norm=fmn", f"--output_dir={tmp_path}",
+             "--smoothing_sigma=0.25", "--smoothing_n=50", "--smoothing_n0=10")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "eps0_equals_clean (pgd): ok" in p.stdout
     res = json.load(open(tmp_path / "eps_sweep_l2.json"))
@@ -257,8 +263,12 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
         checks = {(c["check"], c["attack"]): c["passed"] for c in m["checks"]}
         assert checks[("eps0_equals_clean", "pgd")] and checks[("eps0_equals_clean", "square")]
         assert not any(k[0] == "gradient_free_not_stronger" for k in checks)  # L2 sweep
-        # The certified curves (default IBP and CROWN-IBP) lie under every attack curve.
-        assert set(m["certified"]) == {"ibp", "crown_ibp"}
+        # The certified curves (default IBP and CROWN-IBP) lie under every attack curve;
+        # smoothing's bounds the smoothed classifier: n = 50 certifies no L2 radius of 0.5.
+        assert set(m["certified"]) == {"ibp", "crown_ibp", "smoothing"}
+        smooth = m["certified"].pop("smoothing")
+        assert smooth["eps"] == [0, 0.5, 1, 8] and smooth["accuracy"][1:] == [0, 0, 0]
+        assert smooth["classifier"] == "smoothed" and smooth["l2_radius"] == smooth["eps"]
         for c in m["certified"].values():
             assert c["accuracy"][0] == m["clean_accuracy"]    # eps 0: certified = correct
             for a in m["curves"].values():
@@ -277,6 +287,34 @@ def test_eps_sweep_entry_point(tiny_runs, tmp_path):
                       ("--min_norm=pgd", "--min_norm")):
         _usage_error(in_process("experiments.eps_sweep", f"--workdir={tiny_runs.pgd}", bad),
                      what)
+
+
+@pytest.mark.slow
+def test_smoothing_entry_point_and_resume(tiny_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    args = (f"--workdir={tiny_runs.pgd}", "--sigma=0.25", "--n0=20", "--n=200", "--batch=100",
+            "--examples=6", "--skip=3", "--chunk=4", "--aa_radii=0,0.5", "--aa_steps=2",
+            "--aa_samples=2", "--aa_n=50", f"--output_dir={tmp_path}")
+    p = in_process("experiments.smoothing", *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.load(open(tmp_path / "smoothing.json"))
+    assert [r["index"] for r in res["rows"]] == [0, 3, 6, 9, 12, 15]
+    assert res["summary"]["radii"] == [0, 0.25, 0.5, 0.75, 1.0]
+    acc = res["summary"]["certified_accuracy"]
+    assert all(a >= b for a, b in zip(acc, acc[1:])) and acc[-1] == 0  # n = 200: r <= 0.56
+    assert [pt["radius"] for pt in res["empirical"]] == [0, 0.5]
+    assert res["empirical"][0]["soft_accuracy"] is None
+    assert "certified accuracy" in open(tmp_path / "smoothing.md").read()
+    assert os.path.getsize(tmp_path / "smoothing.png") > 5_000
+    assert sorted(os.listdir(tmp_path / "rows")) == ["chunk0000000.json", "chunk0000004.json"]
+    p = in_process("experiments.smoothing", *args)    # rerun: the stored chunks, same table
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.load(open(tmp_path / "smoothing.json"))["rows"] == res["rows"]
+    for bad, what in (("--alpha=1.5", "--alpha"), ("--sigma=-1", "--sigma"), ("--n=0", "--n"),
+                      ("--radii=a", "--radii")):
+        _usage_error(in_process("experiments.smoothing", f"--workdir={tiny_runs.pgd}", bad),
+                     what)
+    _usage_error(in_process("experiments.smoothing", f"--workdir={tiny_runs.pgd}"), "--sigma")
 
 
 @pytest.mark.slow

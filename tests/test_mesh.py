@@ -136,6 +136,14 @@ fmn = distances.min_norm_attack("fmn", f, norm="l2", steps=5)
 n1, n4 = both(lambda m: distances.minimum_norms(f, x, y, key, fmn, norm="l2", batch_size=16,
                                                 keep_adversarial=True, mesh=m))
 same("minimum_norms", (n1.norms, n1.x_adv), (n4.norms, n4.x_adv))
+
+# 8. Randomized smoothing: the vote counts of every example, whatever the devices (7 examples
+# over 4 devices: padded), and so CERTIFY's table.
+from robustjax import smoothing
+c1, c4 = both(lambda m: smoothing.certify(f, x[:7], key, sigma=0.25, n0=20, n=300, batch=64,
+                                          alpha=0.01, mesh=m))
+same("smoothing counts", (c1.selection_counts, c1.counts, c1.radius),
+     (c4.selection_counts, c4.counts, c4.radius))
 print("OK")
 '''
 

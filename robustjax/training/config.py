@@ -34,14 +34,15 @@ import dataclasses
 import warnings
 
 from robustjax.training.sections import (  # noqa: F401  (their names, importable from here)
-    ARCHS, BN_ATTACK_MODES, CERTIFIED_OBJECTIVES, COMPUTE_DTYPES, LR_SCHEDULES, OBJECTIVES,
+    ARCHS, BN_ATTACK_MODES, CERTIFIED_OBJECTIVES, COMPUTE_DTYPES, LR_SCHEDULES,
+    NOISE_OBJECTIVES, OBJECTIVES,
     OPTIMIZERS, TRAIN_ATTACKS, TRAIN_NORMS, DataConfig, EvalConfig, LossConfig, ModelConfig,
     OptimConfig, RunConfig, ThreatConfig, check_field)
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "ThreatConfig", "LossConfig",
            "OptimConfig", "EvalConfig", "RunConfig", "SECTIONS", "TRAIN_ATTACKS",
-           "CERTIFIED_OBJECTIVES", "ARCHS", "TRAIN_NORMS", "OBJECTIVES", "OPTIMIZERS",
-           "LR_SCHEDULES", "BN_ATTACK_MODES", "COMPUTE_DTYPES", "RESUMABLE_CHANGES",
+           "CERTIFIED_OBJECTIVES", "NOISE_OBJECTIVES", "ARCHS", "TRAIN_NORMS", "OBJECTIVES",
+           "OPTIMIZERS", "LR_SCHEDULES", "BN_ATTACK_MODES", "COMPUTE_DTYPES", "RESUMABLE_CHANGES",
            "field_help", "check_field"]
 
 # Fields a rerun may change without starting a different experiment.
@@ -126,10 +127,19 @@ class TrainConfig:
 
         Certified objectives bound the whole ball (no training attack, no TRADES
         beta); only they read kappa, and only CROWN-IBP reads beta; natural
-        training (train_attack 'none') takes no attack steps.
+        training (train_attack 'none') takes no attack steps. The noise objectives read
+        noise_sigma (and SmoothAdv its sample count and attack steps); the 'gaussian' one
+        takes no attack.
         """
         unused = set()
         objective, attack = self.loss.objective, self.threat.train_attack
+        if objective not in NOISE_OBJECTIVES:
+            unused |= {"noise_sigma", "smoothadv_samples"}
+        elif objective == "gaussian":
+            unused |= {"smoothadv_samples", "train_attack", "attack_steps", "attack_step_size",
+                       "bn_attack_mode"}
+        else:
+            unused.add("train_attack")
         if objective in CERTIFIED_OBJECTIVES:
             unused |= {"train_attack", "attack_steps", "attack_step_size", "bn_attack_mode",
                        "trades_beta"}
@@ -139,7 +149,7 @@ class TrainConfig:
             unused |= {"kappa_start", "kappa_end", "crown_beta_start", "crown_beta_end"}
             if objective != "trades":
                 unused.add("trades_beta")
-            if attack == "none":
+            if attack == "none" and objective != "smoothadv":
                 unused |= {"attack_steps", "attack_step_size", "bn_attack_mode"}
         return frozenset(unused)
 
@@ -201,6 +211,9 @@ def _check_combinations(config: TrainConfig) -> None:
     if objective == "trades" and threat.train_attack != "pgd":
         raise ValueError(f"objective 'trades' maximises its KL term by PGD: it needs "
                          f"train_attack 'pgd', got {threat.train_attack!r}")
+    if objective == "smoothadv" and threat.train_norm != "l2":
+        raise ValueError(f"objective 'smoothadv' attacks the smoothed classifier in L2: "
+                         f"train_norm must be 'l2', got {threat.train_norm!r}")
     if objective in CERTIFIED_OBJECTIVES and threat.train_norm != "linf":
         raise ValueError(f"objective {objective!r} certifies the L-inf ball only; "
                          f"got train_norm {threat.train_norm!r}")

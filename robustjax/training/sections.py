@@ -16,12 +16,13 @@ from robustjax.data import datasets as data
 
 __all__ = ["DataConfig", "ModelConfig", "ThreatConfig", "LossConfig", "OptimConfig",
            "EvalConfig", "RunConfig", "check_field", "TRAIN_ATTACKS", "CERTIFIED_OBJECTIVES",
-           "ARCHS", "TRAIN_NORMS", "OBJECTIVES", "OPTIMIZERS", "LR_SCHEDULES",
+           "ARCHS", "TRAIN_NORMS", "OBJECTIVES", "NOISE_OBJECTIVES", "OPTIMIZERS", "LR_SCHEDULES",
            "BN_ATTACK_MODES", "COMPUTE_DTYPES"]
 
 TRAIN_ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd")
 TRAIN_NORMS = ("linf", "l2", "l1")
-OBJECTIVES = ("madry", "trades", "ibp", "crown_ibp")
+OBJECTIVES = ("madry", "trades", "ibp", "crown_ibp", "gaussian", "smoothadv")
+NOISE_OBJECTIVES = ("gaussian", "smoothadv")
 CERTIFIED_OBJECTIVES = ("ibp", "crown_ibp")
 ARCHS = ("madry", "dm_small", "dm_medium", "dm_large")
 OPTIMIZERS = ("adam", "momentum")
@@ -154,7 +155,11 @@ class LossConfig(_Section):
         "kappa * CE(clean) + (1 - kappa) * CE(worst-case logits from interval bounds)) or "
         "'crown_ibp' (Zhang et al. 2020: the worst case from beta * CROWN-IBP + (1 - beta) * "
         "IBP margin bounds). kappa and beta ramp with eps; adv_acc in the progress lines is "
-        "then the batch's certified accuracy.",
+        "then the batch's certified accuracy. For randomized smoothing: 'gaussian' (Cohen et "
+        "al. 2019: cross-entropy at x + N(0, noise_sigma^2 I); no attack) or 'smoothadv' "
+        "(Salman et al. 2019: L2 PGD of attack_steps on the soft smoothed classifier with "
+        "smoothadv_samples noise draws, then cross-entropy at each noisy adversarial copy; "
+        "train_norm 'l2'); adv_acc is then the accuracy under that noise.",
         choices=OBJECTIVES)
     trades_beta: float = _field(6.0, "TRADES: weight beta of the KL term (the paper: 6).",
                                 minimum=0.0)
@@ -166,6 +171,11 @@ class LossConfig(_Section):
     crown_beta_start: float = _field(1.0, "crown_ibp: beta (weight of the CROWN-IBP bound) at "
                                      "the start of the eps ramp (Zhang et al.: 1).",
                                      minimum=0.0, maximum=1.0)
+    noise_sigma: float = _field(0.25, "gaussian / smoothadv: the noise's standard deviation "
+                                "sigma (Cohen et al.: 0.12, 0.25, 0.5, 1.0).", minimum=0.0,
+                                positive=True)
+    smoothadv_samples: int = _field(1, "smoothadv: noise draws m per example in the attack "
+                                    "and the loss (Salman et al.: 1, 2, 4, 8).", minimum=1)
     crown_beta_end: float = _field(0.0, "crown_ibp: beta after the ramp (Zhang et al.: 0).",
                                    minimum=0.0, maximum=1.0)
 

@@ -7,7 +7,9 @@ maximum is the gradient of the loss at a maximiser, so each step
 
 1. chooses the batch of its step and augments it (:func:`adversarial_batch`),
 2. finds adversarial examples with the attack library (PGD, FGSM or FGSM-RS,
-   or TRADES' KL attack), wrapped in ``jax.lax.stop_gradient``;
+   or TRADES' KL attack), wrapped in ``jax.lax.stop_gradient``; for randomized
+   smoothing, adds Gaussian noise (Cohen et al. 2019) or runs SmoothAdv's attack on
+   the smoothed classifier (Salman et al. 2019, :mod:`robustjax.smoothing.smoothadv`);
 3. takes the loss on the adversarial examples only, as the paper does (or
    TRADES' clean cross-entropy plus beta * KL, :mod:`robustjax.training.trades`), and
 4. applies its parameter gradient through optax, and updates the weight
@@ -30,6 +32,7 @@ import optax
 from robustjax.attacks import first_order as attacks
 from robustjax.data import augment
 from robustjax.certify import verifier as certify
+from robustjax.smoothing import smoothadv
 from robustjax.training import trades
 from robustjax.training.config import CERTIFIED_OBJECTIVES, TrainConfig
 from robustjax.runtime.mesh import data_sharding
@@ -94,6 +97,14 @@ def adversarial_batch(config: TrainConfig, model, state: TrainState, images, lab
         return x, jax.lax.stop_gradient(x_adv), y, eps, stats
     if config.loss.objective in CERTIFIED_OBJECTIVES:
         x_adv = x   # certified training bounds the whole ball: no attack
+    elif config.loss.objective == "gaussian":
+        x_adv = smoothadv.gaussian_noise(key, x, config.loss.noise_sigma)
+    elif config.loss.objective == "smoothadv":
+        x_adv, noise = smoothadv.smoothadv_attack(
+            logits_fn, x, y, key, sigma=config.loss.noise_sigma, eps=eps,
+            step_size=config.threat.attack_step_size, num_steps=config.threat.attack_steps,
+            num_noise=config.loss.smoothadv_samples)
+        x_adv = (x_adv[None] + noise).reshape((-1,) + x.shape[1:])  # m noisy copies
     elif config.loss.objective == "trades":
         x_adv = trades.trades_attack(logits_fn, x, y, key, eps=eps,
                                      step_size=config.threat.attack_step_size,
@@ -172,6 +183,7 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
 
     def step_fn(state: TrainState, images, labels):
         x, x_adv, y, eps, stats = adversarial_batch(config, model, state, images, labels, mesh)
+        y_adv = jnp.tile(y, x_adv.shape[0] // y.shape[0])   # SmoothAdv: m copies per example
 
         def loss_fn(params):
             if certified:
@@ -197,7 +209,7 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
                 loss = trades.trades_loss(clean_logits, logits, y, beta=config.loss.trades_beta)
             else:
                 logits, new_stats = forward(params, stats, x_adv)
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y_adv).mean()
             return loss, (logits, new_stats)
 
         (loss, (adv_logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -205,7 +217,7 @@ def make_train_step(config: TrainConfig, model, tx, mesh=None):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         nat_logits = model_logits_fn(config, model, state.params, state.batch_stats)(x)
-        metrics = dict(loss=loss, adv_acc=jnp.mean(jnp.argmax(adv_logits, -1) == y),
+        metrics = dict(loss=loss, adv_acc=jnp.mean(jnp.argmax(adv_logits, -1) == y_adv),
                        nat_acc=jnp.mean(jnp.argmax(nat_logits, -1) == y), eps=eps)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   batch_stats=new_stats)
