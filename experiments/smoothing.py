@@ -204,32 +204,42 @@ def _write(out: str, results: dict) -> None:
 
 
 def _figure(out: str, results: dict) -> None:
-    import numpy as np
-
     from experiments import figures
-    from robustjax.smoothing import stats
 
     plt = figures.pyplot()
-    if plt is None:
-        return
-    rows = results["rows"]
-    top = max([r["radius"] for r in rows] + [p["radius"] for p in results["empirical"]] + [1.0])
-    grid = np.linspace(0.0, 1.05 * top, 300)
-    acc = stats.certified_accuracy([r["predict"] for r in rows], [r["radius"] for r in rows],
-                                   [r["label"] for r in rows], grid)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(grid, 100 * acc, label=f"certified (sigma {results['sigma']:g}, n {results['n']:,})")
-    if results["empirical"]:
-        pts = results["empirical"]
-        ax.plot([p["radius"] for p in pts], [100 * p["accuracy"] for p in pts], "v--",
-                label="APGD-L2 on the smoothed classifier (upper bound)")
+    if plt is not None:
+        plot(plt, [results], os.path.join(out, "smoothing.png"))
+
+
+def plot(plt, runs: list, path: str) -> None:
+    """Certified accuracy against the L2 radius of each run's results (``smoothing.json``),
+    one colour per run, with its empirical points (upper bounds) beside it."""
+    import numpy as np
+
+    from robustjax.smoothing import stats
+
+    top = max(max([r["radius"] for r in run["rows"]] + [p["radius"] for p in run["empirical"]])
+              for run in runs)
+    grid = np.linspace(0.0, max(1.0, 1.05 * top), 400)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for k, run in enumerate(runs):
+        rows, color, sigma = run["rows"], f"C{k}", run["sigma"]
+        acc = stats.certified_accuracy([r["predict"] for r in rows], [r["radius"] for r in rows],
+                                       [r["label"] for r in rows], grid)
+        ax.plot(grid, 100 * acc, color=color,
+                label=f"certified, sigma {sigma:g} (n {run['n']:,}, {len(rows)} examples)")
+        if run["empirical"]:
+            pts = run["empirical"]
+            ax.plot([p["radius"] for p in pts], [100 * p["accuracy"] for p in pts], "v--",
+                    color=color, alpha=0.7,
+                    label=f"APGD-L2 on the smoothed classifier, sigma {sigma:g} (upper bound)")
     ax.set_xlabel("L2 radius")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy of the smoothed classifier (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "smoothing.png"), dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

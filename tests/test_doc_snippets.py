@@ -1,5 +1,5 @@
 """The documentation's library snippets (docs/library.md, then docs/autoattack.md; and
-docs/adaptive.md) run and print what the pages say they print."""
+docs/adaptive.md, docs/certified.md) run and print what the pages say they print."""
 
 import contextlib
 import io
@@ -85,3 +85,20 @@ def test_min_norm_snippet(tiny_runs, idx_dir, tmp_path):
     curve = [float(v) for v in re.search(r"accuracy at .*: \[(.*)\]", text).group(1).split()]
     assert len(curve) == 4 and all(a >= b for a, b in zip(curve, curve[1:])), text
     assert os.listdir(tmp_path / "fmn"), "the finished batches are stored"
+
+
+@pytest.mark.slow
+def test_smoothing_snippet(tiny_runs, idx_dir):
+    """docs/certified.md's randomized-smoothing snippet on a tiny trained workdir (fewer
+    samples): it runs and prints CERTIFY's and PREDICT's classes."""
+    text = (REPO / "docs" / "certified.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace("../shared/data/mnist-10k", os.fspath(idx_dir)).replace(
+        '"workdirs/smoothing/gaussian_0.25"', repr(tiny_runs.pgd)).replace(
+        "n=10_000", "n=200").replace("[:10]", "[:4]")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/certified.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("CERTIFY: [") and lines[1].startswith("PREDICT: ["), lines
